@@ -1,0 +1,1 @@
+"""simplediff core: schedules, losses, samplers, models, data, training, evaluation."""

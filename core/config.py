@@ -1,0 +1,245 @@
+"""Typed, frozen configuration at the core's boundary.
+
+Values marked [?] in ../shared/paper/SPEC.md are plain fields here, so that a sweep can
+change them; the comment beside each says which reading is the default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Optional
+
+
+class ConfigError(ValueError):
+  """A bad key or value, reported on one line with the offending key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+  name: str = "cosine"            # cosine | shifted | interpolated (SPEC section 1)
+  logsnr_min: float = -15.0
+  logsnr_max: float = 15.0
+  noise_d: int = 64               # shifted: reference resolution of eq. 5
+  noise_d_low: int = 32           # interpolated (eq. 6): the shift used at t = 1
+  noise_d_high: int = 256         # interpolated (eq. 6): the shift used at t = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | sigmoid (SiD2)
+  sigmoid_bias: float = 0.0       # SiD2 bias b: 0 at 128, -1 at 256, -3 at 512 [?]
+  multiscale: bool = False        # section 3.2
+  multiscale_base: int = 32       # lowest resolution s of the multiscale sum
+  stratified_t: bool = False      # t stratified across the batch instead of i.i.d. uniform
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  arch: str = "unet"              # unet | uvit
+  base_channels: int = 128
+  emb_channels: int = 1024
+  channel_multiplier: tuple[int, ...] = (1, 2, 4, 8, 8)
+  num_res_blocks: tuple[int, ...] = (3, 4, 4, 12, 4)
+  attn_resolutions: tuple[int, ...] = (8, 16)
+  num_heads: int = 4
+  num_transformer_blocks: int = 0  # uvit: blocks at the lowest resolution (36 in the paper)
+  mlp_ratio: int = 4               # uvit transformer MLP width / model width
+  dropout: float = 0.1
+  dropout_max_res: int = 16        # dropout only in blocks at feature resolution <= this
+  frontend: str = "none"           # none | dwt:L | patch:k
+  num_classes: int = 1000          # 0: unconditional; label num_classes is the null class
+  in_channels: int = 3
+  out_channels: int = 3
+  cond_channels: int = 0           # CDM super-resolution: channels of the upsampled low-res image
+  cond_noise_embedding: bool = False  # CDM: the augmentation level s is embedded as well
+  norm_groups: int = 32
+  dtype: str = "float32"           # compute dtype (bfloat16 for mixed precision)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+  name: str = "ddpm"              # ddpm (appendix, ancestral) | ddim (deterministic)
+  steps: int = 256                # [?] the paper does not state the step count of its tables
+  noise_param: float = 0.2        # [?] 0.2 default, 1.0 for the MS-COCO numbers
+  clip_x: bool = True             # [?] whether x_hat is clipped to [-1, 1]
+  guidance_scale: float = 1.0     # paper's scale = 1 + eta; 1.0 is no guidance
+  guidance_t_min: float = 0.0     # SiD2: guidance only for t in [guidance_t_min, guidance_t_max]
+  guidance_t_max: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = "shapes"          # shapes | folder | npz | tfds | array_record
+  path: str = ""                  # folder / npz / array_record path, or tfds name
+  split: str = "train"
+  eval_split: str = "test"        # for FID "eval" statistics
+  num_classes: int = 10
+  size: int = 50_000              # shapes: number of images in the (virtual) data set
+  random_flip: bool = True
+  shuffle_seed: int = 0
+  skip_corrupt: bool = False      # False: a file that cannot be decoded stops the run
+  num_workers: int = 0
+  prefetch: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  lr: float = 5e-5                # U-Net 5e-5, U-ViT 1e-4
+  b1: float = 0.9
+  b2: float = 0.99                # 0.999 for the ImageNet-128 U-Net
+  eps: float = 1e-12
+  warmup_steps: int = 10_000
+  grad_clip: float = 1.0
+  weight_decay: float = 0.0
+  ema_decay: float = 0.9999
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int = 1000
+  batch_size: int = 512
+  seed: int = 0
+  log_every: int = 50
+  ckpt_every: int = 1000
+  keep_ckpts: int = 2
+  compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
+  fsdp: bool = False              # shard parameters over the data axis
+  distributed: bool = False       # call jax.distributed.initialize() (TPU VM, SLURM)
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+  progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  num_samples: int = 50_000
+  batch_size: int = 256
+  fid: bool = True
+  inception_weights: str = ""     # local path; else $SIMPLEDIFF_INCEPTION or download
+  compute_is: bool = True
+  stats_dir: str = ""             # cache of reference statistics (default ~/.cache/simplediff)
+  grid_size: int = 64             # images in the PNG sample grid
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  name: str = "run"
+  resolution: int = 32
+  model: ModelConfig = ModelConfig()
+  schedule: ScheduleConfig = ScheduleConfig()
+  loss: LossConfig = LossConfig()
+  sampler: SamplerConfig = SamplerConfig()
+  data: DataConfig = DataConfig()
+  optim: OptimConfig = OptimConfig()
+  train: TrainConfig = TrainConfig()
+  eval: EvalConfig = EvalConfig()
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+  origin = typing.get_origin(tp)
+  if dataclasses.is_dataclass(tp):
+    if isinstance(value, tp):
+      return value
+    if not isinstance(value, dict):
+      raise ConfigError(f"config key {key!r} must be a mapping, got {value!r}")
+    return from_dict(tp, value, prefix=key + ".")
+  if origin in (typing.Union, types.UnionType):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if value is None:
+      return None
+    return _coerce(value, args[0], key)
+  if origin is tuple:
+    if isinstance(value, (int, float, str)):
+      value = [value]
+    if not isinstance(value, (list, tuple)):
+      raise ConfigError(f"config key {key!r} must be a list, got {value!r}")
+    (elem, *_) = typing.get_args(tp)
+    return tuple(_coerce(v, elem, key) for v in value)
+  if tp is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+  if tp is int:
+    if isinstance(value, bool) or not (isinstance(value, int) or
+                                       (isinstance(value, float) and value.is_integer())):
+      try:
+        if isinstance(value, str):
+          return int(value)
+      except ValueError:
+        pass
+      raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+    return int(value)
+  if tp is float:
+    if isinstance(value, bool):
+      raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+  if tp is str:
+    if isinstance(value, (dict, list)):
+      raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+    return str(value)
+  return value
+
+
+def from_dict(cls: type, d: dict[str, Any], prefix: str = ""):
+  """Builds dataclass `cls` from a nested dict; unknown keys and bad values raise ConfigError."""
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {}
+  for k, v in d.items():
+    if k not in names:
+      raise ConfigError(f"unknown config key {prefix + k!r}; valid keys under "
+                        f"{prefix.rstrip('.') or 'the top level'}: {', '.join(sorted(names))}")
+    kwargs[k] = _coerce(v, hints[k], prefix + k)
+  return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict[str, Any]:
+  """Nested plain dict (tuples as lists), fit for YAML and JSON."""
+  def conv(x):
+    if dataclasses.is_dataclass(x):
+      return {f.name: conv(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, tuple):
+      return [conv(v) for v in x]
+    return x
+  return conv(cfg)
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+  """Sets d['a']['b'] = value for key 'a.b', creating mappings on the way."""
+  parts = key.split(".")
+  for p in parts[:-1]:
+    nxt = d.setdefault(p, {})
+    if not isinstance(nxt, dict):
+      raise ConfigError(f"config key {key!r}: {p!r} is not a mapping")
+    d = nxt
+  d[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+  """Recursive merge; `over` wins. Neither input is modified."""
+  out = dict(base)
+  for k, v in over.items():
+    if isinstance(v, dict) and isinstance(out.get(k), dict):
+      out[k] = deep_merge(out[k], v)
+    else:
+      out[k] = v
+  return out
+
+
+def replace(cfg, **dotted: Any):
+  """Returns cfg with dotted keys replaced, e.g. replace(cfg, **{'model.dropout': 0.0})."""
+  d = to_dict(cfg)
+  for k, v in dotted.items():
+    set_dotted(d, k, v)
+  return from_dict(type(cfg), d)
+
+
+def experiment_from_dict(d: Optional[dict[str, Any]] = None) -> ExperimentConfig:
+  return from_dict(ExperimentConfig, d or {})
