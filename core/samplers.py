@@ -1,0 +1,97 @@
+"""Samplers: the appendix's DDPM ancestral sampler and deterministic DDIM, with
+classifier-free guidance (scale 1 + eta, optionally only on an interval of t as in SiD2).
+
+Each sampler is a pure step function (z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise) -> z_s,
+chosen by name from SAMPLERS; `sample` runs one `lax.scan` over the steps.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from core.config import SamplerConfig
+from core.diffusion import _bcast, eps_from_v, x_from_v
+from core.registry import Registry
+from core.schedules import Schedule, alpha_sigma
+
+# model_fn(z, logsnr, labels) -> v_hat; labels None means the null (unconditional) class.
+ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]
+StepFn = Callable[..., jnp.ndarray]
+SAMPLERS: Registry[Callable[[SamplerConfig], StepFn]] = Registry("sampler")
+
+
+def ddpm_step(z_t, x_hat, logsnr_t, logsnr_s, noise, noise_param: float):
+  """Appendix ancestral step from t to s < t; noise_param interpolates the log-variance."""
+  ratio = jnp.exp(logsnr_t - logsnr_s)
+  alpha_t, _ = alpha_sigma(logsnr_t)
+  alpha_s, _ = alpha_sigma(logsnr_s)
+  mu = _bcast(ratio * alpha_s / alpha_t, z_t) * z_t + _bcast((1 - ratio) * alpha_s, z_t) * x_hat
+  min_lvar = jnp.log1p(-ratio) + jax.nn.log_sigmoid(-logsnr_s)
+  max_lvar = jnp.log1p(-ratio) + jax.nn.log_sigmoid(-logsnr_t)
+  lvar = noise_param * max_lvar + (1 - noise_param) * min_lvar
+  return mu + _bcast(jnp.exp(0.5 * lvar), z_t) * noise
+
+
+def ddim_step(x_hat, eps_hat, logsnr_s):
+  """Deterministic DDIM: z_s = alpha_s x_hat + sigma_s eps_hat."""
+  alpha_s, sigma_s = alpha_sigma(logsnr_s)
+  return _bcast(alpha_s, x_hat) * x_hat + _bcast(sigma_s, x_hat) * eps_hat
+
+
+@SAMPLERS.register("ddpm")
+def _ddpm(cfg: SamplerConfig) -> StepFn:
+  def step(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise):
+    return ddpm_step(z_t, x_hat, logsnr_t, logsnr_s, noise, cfg.noise_param)
+  return step
+
+
+@SAMPLERS.register("ddim")
+def _ddim(cfg: SamplerConfig) -> StepFn:
+  def step(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise):
+    return ddim_step(x_hat, eps_hat, logsnr_s)
+  return step
+
+
+def guided_v(model_fn: ModelFn, z, logsnr, labels, t, cfg: SamplerConfig):
+  """eps = (1 + eta) eps_cond - eta eps_uncond with eta = scale - 1. eps is affine in v for a
+  fixed z, so the same combination of v's gives exactly that eps."""
+  eta = cfg.guidance_scale - 1.0
+  if eta == 0.0 or labels is None:
+    return model_fn(z, logsnr, labels)
+  n = z.shape[0]
+  null = jnp.full_like(labels, -1)  # -1 marks the null class; models map it to num_classes
+  v = model_fn(jnp.concatenate([z, z]), jnp.concatenate([logsnr, logsnr]),
+               jnp.concatenate([labels, null]))
+  v_c, v_u = v[:n], v[n:]
+  on = (t >= cfg.guidance_t_min) & (t <= cfg.guidance_t_max)
+  return jnp.where(on, (1.0 + eta) * v_c - eta * v_u, v_c)
+
+
+def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig,
+           labels=None, return_trajectory: bool = False):
+  """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x)."""
+  step_fn = SAMPLERS.get(cfg.name)(cfg)
+  n = shape[0]
+  k_init, k_steps = jax.random.split(key)
+  z = jax.random.normal(k_init, shape)
+
+  def body(carry, i):
+    z_t, _ = carry
+    t = (cfg.steps - i) / cfg.steps        # i = 0 .. steps-1: t from 1 down to 1/steps
+    s = (cfg.steps - i - 1) / cfg.steps
+    logsnr_t = jnp.full((n,), schedule(t))
+    logsnr_s = jnp.full((n,), schedule(s))
+    v = guided_v(model_fn, z_t, logsnr_t, labels, t, cfg).astype(jnp.float32)
+    x_hat = x_from_v(z_t, v, logsnr_t)
+    if cfg.clip_x:
+      x_hat = jnp.clip(x_hat, -1.0, 1.0)
+    eps_hat = eps_from_v(z_t, v, logsnr_t)
+    noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
+    z_s = step_fn(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise)
+    return (z_s, x_hat), (x_hat if return_trajectory else None)
+
+  # The output is the last step's x_hat: z_0 of a clipped schedule still holds sigma(0) noise.
+  (_, x), traj = jax.lax.scan(body, (z, jnp.zeros(shape)), jnp.arange(cfg.steps))
+  return (x, traj) if return_trajectory else x
