@@ -36,6 +36,7 @@ class LossConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  preset: str = ""                # the preset this config came from (a record; see core.models)
   arch: str = "unet"              # unet | uvit
   base_channels: int = 128
   emb_channels: int = 1024
@@ -103,7 +104,7 @@ class TrainConfig:
   log_every: int = 50
   ckpt_every: int = 1000
   keep_ckpts: int = 2
-  compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
+  label_dropout: float = 0.1      # [?] not in SPEC: class dropped to the null class, for guidance
   fsdp: bool = False              # shard parameters over the data axis
   distributed: bool = False       # call jax.distributed.initialize() (TPU VM, SLURM)
   coordinator_address: str = ""

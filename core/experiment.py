@@ -1,0 +1,26 @@
+"""From a nested dict (YAML, Hydra, sweep arm) to a validated ExperimentConfig.
+
+`model.preset` names a model preset (core.models.presets); the other model keys override it.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from core.config import ConfigError, ExperimentConfig, deep_merge, from_dict, to_dict
+
+
+def resolve(d: dict[str, Any]) -> ExperimentConfig:
+  d = dict(d or {})
+  model = dict(d.get("model") or {})
+  name = model.get("preset")
+  if name:
+    from core.models.presets import PRESETS
+    if name not in PRESETS:
+      raise ConfigError(f"unknown model.preset {name!r}; choose one of: "
+                        f"{', '.join(PRESETS.names())}")
+    base = to_dict(PRESETS.get(name)())
+    base["preset"] = name
+    model = deep_merge(base, model)
+  if model:
+    d["model"] = model
+  return from_dict(ExperimentConfig, d)

@@ -1,0 +1,62 @@
+"""Run-directory I/O: atomic writes and append-only JSON lines, so a kill loses nothing."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import yaml
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """Write to a temporary file in the same folder, then rename over the target."""
+  d = os.path.dirname(os.path.abspath(path))
+  os.makedirs(d, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_yaml_atomic(path: str, obj: Any) -> None:
+  write_text_atomic(path, yaml.safe_dump(obj, sort_keys=False))
+
+
+def append_jsonl(path: str, row: dict) -> None:
+  """One line per call; a partial last line from a kill is skipped by read_jsonl."""
+  with open(path, "a") as f:
+    f.write(json.dumps(row, default=float) + "\n")
+    f.flush()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  rows = []
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue  # a line torn by a kill
+  return rows
+
+
+def read_json(path: str, default: Any = None) -> Any:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return default
