@@ -1,0 +1,118 @@
+"""FID (and IS) between two image sets, as the paper measures them.
+
+  python -m analysis.fid PATH_A PATH_B [--is] [--batch-size N] [--num N] [--weights PATH]
+                         [--save-stats OUT.npz] [--save-stats-b OUT.npz]
+  python -m analysis.fid PATH_A --is
+
+A path is an image folder (recursive, jpg/png), an .npz of uint8 NHWC images (key 'images' or
+'arr_0'), or a statistics .npz (mu, sigma[, count]). Prints `FID: x` and, with --is,
+`IS: mean +- std` of PATH_A (10 splits; needs weights with logits). Exit code 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def _parser():
+  ap = argparse.ArgumentParser(prog="python -m analysis.fid", description=__doc__.split("\n")[0])
+  ap.add_argument("path_a", metavar="PATH_A", help="image folder, .npz of images, or statistics .npz")
+  ap.add_argument("path_b", metavar="PATH_B", nargs="?", help="the same kinds; optional with --is")
+  ap.add_argument("--is", dest="inception_score", action="store_true", help="also print IS of PATH_A")
+  ap.add_argument("--splits", type=int, default=10, help="IS splits (default 10)")
+  ap.add_argument("--batch-size", type=int, default=50)
+  ap.add_argument("--num", type=int, default=None, help="use at most the first N images of each set")
+  ap.add_argument("--weights", default=None, help="Inception weights file (else the default search)")
+  ap.add_argument("--save-stats", metavar="OUT.npz", default=None, help="save PATH_A's statistics")
+  ap.add_argument("--save-stats-b", metavar="OUT.npz", default=None, help="save PATH_B's statistics")
+  ap.add_argument("--quiet", action="store_true", help="no progress bars")
+  return ap
+
+
+def _fail(msg: str) -> int:
+  print(f"error: {msg}", file=sys.stderr)
+  return 2
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.path_b is None and not args.inception_score:
+    return _fail("PATH_B is required unless --is is given")
+  if args.batch_size < 1 or (args.num is not None and args.num < 1):
+    return _fail("--batch-size and --num must be positive")
+
+  from core import fid as F
+  sources = []
+  for p in (args.path_a, args.path_b):
+    if p is None:
+      sources.append(None)
+      continue
+    try:
+      sources.append(F.open_source(p, num=args.num))
+    except (OSError, ValueError) as e:
+      return _fail(str(e))
+  a, b = sources
+  if args.inception_score and a.stats is not None:
+    return _fail(f"{args.path_a}: IS needs images, not statistics")
+  for src, out in ((a, args.save_stats), (b, args.save_stats_b)):
+    if out is not None and src is None:
+      return _fail("--save-stats-b needs PATH_B")
+
+  extractor = None
+  if any(s is not None and s.stats is None for s in sources):
+    from core.inception import InceptionExtractor, InceptionWeightsNotFound, load_inception_params
+    try:
+      extractor = InceptionExtractor(args.weights, need_logits=args.inception_score,
+                                     batch_size=args.batch_size, verbose=True)
+    except InceptionWeightsNotFound as e:
+      if args.inception_score:
+        try:  # weights exist but lack the 1008-way head: say that in one line
+          _, src = load_inception_params(args.weights)
+        except InceptionWeightsNotFound:
+          return _fail(str(e))
+        return _fail(f"IS needs Inception weights with logits, but {src} has features only; pass "
+                     "NVIDIA's inception-2015-12-05.pt or pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                     "with --weights (or SIMPLEDIFF_INCEPTION)")
+      return _fail(str(e))
+
+  stats, logits = [], None
+  for i, src in enumerate(sources):
+    if src is None:
+      stats.append(None)
+      continue
+    if src.stats is not None:
+      stats.append(src.stats)
+      continue
+    t = time.perf_counter()
+    try:
+      feats = F.source_features(src, extractor, batch_size=args.batch_size, num=args.num,
+                                logits=args.inception_score and i == 0, progress=not args.quiet)
+    except (OSError, ValueError) as e:  # an unreadable image, say
+      return _fail(f"{src.path}: {e}")
+    n = len(feats["pool"])
+    dt = time.perf_counter() - t
+    print(f"{src.path}: {n} images, {n / dt:.1f} images/s", file=sys.stderr)
+    if n < 2:
+      return _fail(f"{src.path}: FID needs at least 2 images, got {n}")
+    stats.append(F.compute_stats(feats["pool"]))
+    if "logits" in feats:
+      logits = feats["logits"]
+
+  for st, out in ((stats[0], args.save_stats), (stats[1], args.save_stats_b)):
+    if out is not None:
+      F.save_stats(out, st)
+      print(f"saved statistics to {out}", file=sys.stderr)
+  if stats[1] is not None:
+    print(f"FID: {F.fid_from_stats(stats[0], stats[1]):.4f}")
+  if args.inception_score:
+    if len(logits) < args.splits:
+      return _fail(f"{args.path_a}: IS with {args.splits} splits needs at least {args.splits} images")
+    mean, std = F.inception_score(logits, args.splits)
+    print(f"IS: {mean:.4f} +- {std:.4f}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

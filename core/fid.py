@@ -1,0 +1,336 @@
+"""FID and Inception Score as the paper measures them (TF-GAN / pytorch-fid conventions).
+
+* features: pool_3 of the 2015-12-05 Inception graph (core/inception.py), from uint8 images;
+* statistics: mean and unbiased covariance in float64, with the sample count;
+* FID: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64 with scipy.linalg.sqrtm
+  (pytorch-fid's formula; TF-GAN's SVD route gives the same value to ~1e-9 relative);
+* IS: exp(E_x KL(p(y|x) || p(y))) from the 1008 logits, TF-GAN's classifier_score_from_logits on
+  each of 10 equal splits, reported as mean +- std over the splits.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import scipy.linalg
+import scipy.special
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics and metrics
+
+
+def compute_stats(features) -> dict:
+  """mu, sigma (unbiased, like np.cov and TF-GAN) in float64, and the number of samples."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2 or len(f) < 2:
+    raise ValueError(f"need at least 2 feature vectors of shape (N, D), got {f.shape}")
+  return {"mu": f.mean(axis=0), "sigma": np.cov(f, rowvar=False), "count": len(f)}
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+  """Frechet distance between two Gaussians, in float64 (pytorch-fid's procedure)."""
+  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+  sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+    raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
+  diff = mu1 - mu2
+  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+  if not np.isfinite(covmean).all():
+    # Singular product (fewer samples than dimensions): offset the diagonals, as pytorch-fid does.
+    warnings.warn(f"FID: sqrtm of a singular product; adding {eps} to the covariance diagonals")
+    offset = np.eye(len(sigma1)) * eps
+    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+  if np.iscomplexobj(covmean):
+    # Round-off gives tiny imaginary parts; large ones mean the statistics are broken.
+    imag = np.max(np.abs(np.diagonal(covmean).imag))
+    if imag > 1e-3:
+      raise ValueError(f"FID: sqrtm has an imaginary component of {imag:.3g}")
+    covmean = covmean.real
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_stats(a: dict, b: dict) -> float:
+  return frechet_distance(a["mu"], a["sigma"], b["mu"], b["sigma"])
+
+
+def fid_from_features(features_a, features_b) -> float:
+  return fid_from_stats(compute_stats(features_a), compute_stats(features_b))
+
+
+def classifier_score_from_logits(logits) -> float:
+  """TF-GAN's classifier_score_from_logits: exp(mean KL(p(y|x) || mean_x p(y|x))), float64."""
+  logits = np.asarray(logits, np.float64)
+  if logits.ndim != 2 or len(logits) == 0:
+    raise ValueError(f"logits must be (N, classes) with N > 0, got {logits.shape}")
+  log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
+  p = np.exp(log_p)
+  q = p.mean(axis=0)
+  kl = np.sum(p * (log_p - np.log(q)), axis=1)
+  return float(np.exp(kl.mean()))
+
+
+def inception_score_splits(logits, splits: int = 10) -> np.ndarray:
+  """The score of each of `splits` consecutive, (nearly) equal parts, as the IS code splits."""
+  logits = np.asarray(logits)
+  n = len(logits)
+  if n < splits:
+    raise ValueError(f"need at least {splits} samples for {splits} splits, got {n}")
+  return np.array([classifier_score_from_logits(logits[i * n // splits:(i + 1) * n // splits])
+                   for i in range(splits)])
+
+
+def inception_score(logits, splits: int = 10) -> tuple[float, float]:
+  """(mean, std) over splits; std with ddof=0 as in the original IS code."""
+  s = inception_score_splits(logits, splits)
+  return float(s.mean()), float(s.std())
+
+
+# ----------------------------------------------------------------------------------------------
+# Feature extraction
+
+
+def _prefetch(it: Iterable, depth: int = 2) -> Iterator:
+  # Decodes the next batches in a thread while the network runs (JAX releases the GIL).
+  q: queue.Queue = queue.Queue(maxsize=depth)
+  done = object()
+  stop = threading.Event()
+
+  def put(item):
+    while not stop.is_set():  # gives up once the consumer has left
+      try:
+        q.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        pass
+    return False
+
+  def work():
+    try:
+      for item in it:
+        if not put(item):
+          return
+      put(done)
+    except BaseException as e:  # surfaced in the consumer
+      put(e)
+
+  t = threading.Thread(target=work, daemon=True)
+  t.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()
+
+
+def extract_features(batches: Iterable, extractor, *, total: int | None = None,
+                     num: int | None = None, logits: bool = False, desc: str = "Inception",
+                     progress: bool = True) -> dict[str, np.ndarray]:
+  """Runs uint8 NHWC batches through the extractor; returns {'pool'[, 'logits']} for all images.
+
+  `num` stops after that many images; `total` (or num) sizes the progress bar (images and ETA).
+  """
+  from tqdm.auto import tqdm
+  if total is not None and num is not None:
+    total = min(total, num)
+  total = total if total is not None else num
+  keep = ("pool", "logits") if logits else ("pool",)
+  if logits and not getattr(extractor, "has_logits", True):
+    raise ValueError("these Inception weights have no logits, so IS cannot be computed")
+  outs = {k: [] for k in keep}
+  seen = 0
+  with tqdm(total=total, unit="img", desc=desc, disable=not progress, file=sys.stderr,
+            dynamic_ncols=True) as bar:
+    for batch in _prefetch(batches):
+      batch = np.asarray(batch)
+      if num is not None:
+        batch = batch[: num - seen]
+      if len(batch) == 0:
+        break
+      out = extractor(batch)
+      for k in keep:
+        outs[k].append(np.asarray(out[k], np.float32))
+      seen += len(batch)
+      bar.update(len(batch))
+      if num is not None and seen >= num:
+        break
+  return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for k, v in outs.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Image and statistics sources
+
+
+def list_images(folder) -> list[Path]:
+  """Image files under folder (recursive), sorted by relative path for a fixed order."""
+  folder = Path(folder)
+  files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+  return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+  from PIL import Image
+  with Image.open(path) as im:
+    return np.asarray(im.convert("RGB"), np.uint8)
+
+
+def iterate_image_files(files: list, batch_size: int) -> Iterator[np.ndarray]:
+  """uint8 (N, H, W, 3) batches; a batch closes early where the image size changes."""
+  batch: list = []
+  for f in files:
+    im = _load_rgb(Path(f))
+    if batch and im.shape != batch[0].shape:
+      yield np.stack(batch)
+      batch = []
+    batch.append(im)
+    if len(batch) == batch_size:
+      yield np.stack(batch)
+      batch = []
+  if batch:
+    yield np.stack(batch)
+
+
+def iterate_arrays(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  for i in range(0, len(images), batch_size):
+    yield images[i: i + batch_size]
+
+
+def _as_uint8_nhwc(images, where: str) -> np.ndarray:
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+    images = images.transpose(0, 2, 3, 1)  # NCHW
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"{where}: expected images of shape (N, H, W, 3), got {images.shape}")
+  if images.dtype != np.uint8:
+    if np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 255:
+      raise ValueError(f"{where}: images must be uint8 in [0, 255], got {images.dtype}")
+    images = images.astype(np.uint8)
+  return images
+
+
+def load_npz(path) -> dict:
+  """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of stats -> {'mu','sigma','count'}."""
+  path = Path(path)
+  with np.load(path) as z:
+    if "mu" in z.files and "sigma" in z.files:
+      count = int(z["count"]) if "count" in z.files else -1
+      return {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "count": count}
+    for key in ("images", "arr_0"):
+      if key in z.files:
+        return {"images": _as_uint8_nhwc(z[key], str(path))}
+  raise ValueError(f"{path}: an .npz needs 'images'/'arr_0' (uint8 NHWC) or 'mu' and 'sigma'")
+
+
+def save_stats(path, stats: dict, **extra) -> Path:
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp.npz")
+  np.savez(tmp, mu=np.asarray(stats["mu"], np.float64), sigma=np.asarray(stats["sigma"], np.float64),
+           count=np.int64(stats["count"]), **extra)
+  os.replace(tmp, path)
+  return path
+
+
+def load_stats(path) -> dict:
+  out = load_npz(path)
+  if "mu" not in out:
+    raise ValueError(f"{path}: not a statistics .npz (no 'mu' and 'sigma')")
+  return out
+
+
+class Source:
+  """What a path on the command line holds: statistics, or images to run through the network."""
+
+  def __init__(self, path, *, stats: dict | None = None, files: list | None = None,
+               images: np.ndarray | None = None):
+    self.path, self.stats, self.files, self.images = Path(path), stats, files, images
+
+  @property
+  def count(self) -> int:
+    if self.stats is not None:
+      return int(self.stats["count"])
+    return len(self.files) if self.files is not None else len(self.images)
+
+  def batches(self, batch_size: int, num: int | None = None) -> Iterator[np.ndarray]:
+    if self.files is not None:
+      return iterate_image_files(self.files[:num], batch_size)
+    return iterate_arrays(self.images[:num], batch_size)
+
+
+def open_source(path, num: int | None = None) -> Source:
+  """An image folder, an .npz of images, or a statistics .npz. Errors name the path."""
+  p = Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{path}: no such file or directory")
+  if p.is_dir():
+    files = list_images(p)
+    if not files:
+      raise ValueError(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} images in this folder")
+    return Source(p, files=files[:num])
+  if p.suffix.lower() == ".npz":
+    try:
+      data = load_npz(p)
+    except (OSError, EOFError) as e:
+      raise ValueError(f"{path}: unreadable .npz ({e})") from None
+    if "images" in data:
+      if len(data["images"]) == 0:
+        raise ValueError(f"{path}: holds no images")
+      return Source(p, images=data["images"][:num])
+    return Source(p, stats=data)
+  if p.suffix.lower() in IMAGE_EXTENSIONS:
+    return Source(p, files=[p])
+  raise ValueError(f"{path}: not an image folder, an .npz of images or a statistics .npz")
+
+
+def source_features(source: Source, extractor, *, batch_size: int = 50, num: int | None = None,
+                    logits: bool = False, progress: bool = True) -> dict[str, np.ndarray]:
+  return extract_features(source.batches(batch_size, num), extractor, total=source.count, num=num,
+                          logits=logits, desc=source.path.name or str(source.path), progress=progress)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference statistics cache
+
+
+def stats_key(name: str, split: str | None = None, resolution=None, num: int | None = None) -> str:
+  parts = [name, split, None if resolution is None else f"{resolution}px", None if num is None else f"n{num}"]
+  key = "-".join(str(p) for p in parts if p is not None)
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+
+
+def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], cache_dir=None, *,
+                    split: str | None = None, resolution=None, num: int | None = None,
+                    extractor=None, total: int | None = None, progress: bool = True) -> dict:
+  """Statistics of a data set, computed once and kept as <cache>/fid_stats/<name>-<split>-<res>.npz.
+
+  `images_fn()` yields uint8 NHWC batches; it is called only when the cache has no entry.
+  `extractor` defaults to an InceptionExtractor with the default weights.
+  """
+  if cache_dir is None:
+    from core.inception import default_cache_dir
+    cache_dir = default_cache_dir()
+  path = Path(cache_dir) / "fid_stats" / f"{stats_key(name, split, resolution, num)}.npz"
+  if path.is_file():
+    return load_stats(path)
+  if extractor is None:
+    from core.inception import InceptionExtractor
+    extractor = InceptionExtractor()
+  feats = extract_features(images_fn(), extractor, total=total, num=num, desc=path.stem, progress=progress)
+  stats = compute_stats(feats["pool"])
+  save_stats(path, stats, network=np.array("inception-2015-12-05 pool_3"))
+  return stats

