@@ -122,6 +122,8 @@ class EvalConfig:
   compute_is: bool = True
   stats_dir: str = ""             # cache of reference statistics (default ~/.cache/simplediff)
   grid_size: int = 64             # images in the PNG sample grid
+  ref_num: int = 0                # images of each reference split (0: the split, at most 50k)
+  seed: int = 0                   # sampling seed (labels and noise)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,300 @@
+"""The training engine: one jitted step over a device Mesh, orbax checkpoints, JSONL metrics.
+
+`train(cfg, workdir)` is what the sweep runner calls; `python -m core.train key=value ...` is
+the same through Hydra. Data parallel over the mesh axis 'data'; with train.fsdp the
+parameters, EMA and optimiser state are sharded over that axis too. Randomness of step k is
+fold_in(key, k), and the data iterator's state is checkpointed, so a resumed run reproduces an
+uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from core import data as data_lib
+from core import models
+from core.config import ExperimentConfig, OptimConfig, to_dict
+from core.diffusion import diffusion_loss
+from core.runio import append_jsonl, write_json_atomic, write_yaml_atomic
+from core.schedules import make_schedule
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+  """Adam (beta2 0.99, eps 1e-12), linear warm-up then constant, clipping at 1.0 (SPEC 2)."""
+  lr = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+  parts.append(optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(-cfg.weight_decay * cfg.lr))
+  return optax.chain(*parts)
+
+
+def learning_rate(cfg: OptimConfig, step) -> float:
+  return cfg.lr * min(1.0, float(step) / max(cfg.warmup_steps, 1))
+
+
+def make_mesh(devices=None) -> Mesh:
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), ("data",))
+
+
+def fsdp_spec(shape, n: int) -> P:
+  """Shards the largest axis divisible by the mesh size; small or indivisible leaves replicate."""
+  if n == 1 or not shape or int(np.prod(shape)) < 2 ** 14:
+    return P()
+  for ax in sorted(range(len(shape)), key=lambda a: -shape[a]):
+    if shape[ax] % n == 0:
+      spec = [None] * len(shape)
+      spec[ax] = "data"
+      return P(*spec)
+  return P()
+
+
+def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
+  n = mesh.devices.size
+  def leaf(x):
+    return NamedSharding(mesh, fsdp_spec(x.shape, n) if fsdp else P())
+  return jax.tree.map(leaf, abstract_state)
+
+
+def map_null_labels(labels, num_classes: int):
+  """Samplers mark the null class by -1; the model's null class is index num_classes."""
+  if labels is None or num_classes == 0:
+    return None
+  return jnp.where(labels < 0, num_classes, labels)
+
+
+class Trainer:
+  """Holds the model, the jitted step and the shardings for one experiment config."""
+
+  def __init__(self, cfg: ExperimentConfig, mesh: Optional[Mesh] = None):
+    self.cfg = cfg
+    self.mesh = mesh or make_mesh()
+    self.model = models.build_model(cfg.model, cfg.resolution)
+    self.schedule = make_schedule(cfg.schedule, cfg.resolution)
+    self.optimizer = make_optimizer(cfg.optim)
+    self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
+    self.state_sharding = state_shardings(self.abstract_state, self.mesh, cfg.train.fsdp)
+    self.batch_sharding = NamedSharding(self.mesh, P("data"))
+    self.replicated = NamedSharding(self.mesh, P())
+    self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    self.step = jax.jit(self._step, in_shardings=(self.state_sharding, self.batch_sharding,
+                                                  self.replicated),
+                        out_shardings=(self.state_sharding, self.replicated),
+                        donate_argnums=(0,))
+
+  def _init(self, key) -> TrainState:
+    params = models.init_params(self.cfg.model, self.cfg.resolution, key)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params),
+                      opt_state=self.optimizer.init(params))
+
+  def apply(self, params, z, logsnr, labels, *, train: bool, rng=None, **kw):
+    labels = map_null_labels(labels, self.cfg.model.num_classes)
+    rngs = {"dropout": rng} if rng is not None else {}
+    return self.model.apply({"params": params}, z, logsnr, labels, train=train, rngs=rngs, **kw)
+
+  def loss(self, params, batch, key):
+    """The training loss of one batch; `key` is the step's key."""
+    k_loss, k_drop, k_label = jax.random.split(key, 3)
+    labels = batch.get("label")
+    nc = self.cfg.model.num_classes
+    if labels is not None and nc > 0 and self.cfg.train.label_dropout > 0:
+      drop = jax.random.bernoulli(k_label, self.cfg.train.label_dropout, labels.shape)
+      labels = jnp.where(drop, -1, labels)
+    elif nc == 0:
+      labels = None
+    denoise = lambda z, logsnr: self.apply(params, z, logsnr, labels, train=True, rng=k_drop)
+    return diffusion_loss(denoise, batch["image"], k_loss, self.schedule, self.cfg.loss)
+
+  def _step(self, state: TrainState, batch, key):
+    step_key = jax.random.fold_in(key, state.step)
+    (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch,
+                                                                    step_key)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    d = self.cfg.optim.ema_decay
+    ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
+    # Loss per quarter of t: where in the noise range the model still has to learn.
+    t, per = aux["t"], aux["loss_per_example"]
+    quarter = jnp.clip((t * 4).astype(jnp.int32), 0, 3)
+    onehot = jax.nn.one_hot(quarter, 4)
+    q_loss = (onehot * per[:, None]).sum(0) / jnp.maximum(onehot.sum(0), 1)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+               **{f"loss_q{i}": q_loss[i] for i in range(4)}}
+    new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    return new, metrics
+
+  def global_batch(self, local: dict) -> dict:
+    """Process-local numpy batch -> global arrays sharded over 'data'."""
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def _checkpoint_manager(workdir: str, cfg: ExperimentConfig):
+  import orbax.checkpoint as ocp
+  opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_ckpts, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")), options=opts)
+
+
+def save_checkpoint(mngr, state: TrainState, data_state: str) -> None:
+  import orbax.checkpoint as ocp
+  mngr.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"iterator": data_state})),
+      force=True)
+  mngr.wait_until_finished()
+
+
+def restore_latest(mngr, trainer: Trainer, log: Callable[[str], None] = print):
+  """Newest readable checkpoint as (state, data_state), falling back to older ones."""
+  import orbax.checkpoint as ocp
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          trainer.abstract_state, trainer.state_sharding)
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+      return out["state"], out["data"]["iterator"]
+    except Exception as e:  # a torn write or a corrupt file: say so and try the one before
+      log(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); "
+          "falling back to the one before")
+  return None, None
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+  trainer: Trainer
+  state: TrainState
+  steps_run: int
+  images_per_s: float
+  train_time_s: float
+
+
+def _maybe_init_distributed(cfg: ExperimentConfig) -> None:
+  t = cfg.train
+  if not t.distributed or jax.distributed.is_initialized():
+    return
+  kw = {}
+  if t.coordinator_address:
+    kw = dict(coordinator_address=t.coordinator_address, num_processes=t.num_processes,
+              process_id=t.process_id)
+  jax.distributed.initialize(**kw)  # with no arguments: TPU VM or SLURM auto-detection
+
+
+def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
+          stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> TrainResult:
+  """Trains to cfg.train.steps, resuming from workdir's newest checkpoint.
+
+  stop_after: return after this many steps of this call (to test interruption).
+  """
+  _maybe_init_distributed(cfg)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    write_yaml_atomic(os.path.join(workdir, "config.yaml"), to_dict(cfg))
+  trainer = Trainer(cfg, mesh)
+  tc = cfg.train
+  nproc = jax.process_count()
+  if tc.batch_size % trainer.mesh.devices.size:
+    raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the "
+                     f"{trainer.mesh.devices.size} devices of the mesh")
+  ds = data_lib.make_dataset(cfg.data, cfg.resolution, tc.batch_size // nproc, seed=tc.seed,
+                             split=cfg.data.split, train=True,
+                             process_index=jax.process_index(), process_count=nproc)
+  it = iter(ds)
+  mngr = _checkpoint_manager(workdir, cfg)
+  state, data_state = restore_latest(mngr, trainer, log)
+  if state is None:
+    state = trainer.init(jax.random.key(tc.seed))
+  else:
+    data_lib.restore_iterator(it, data_state)
+    log(f"resumed from step {int(state.step)}")
+  start = int(state.step)
+  key = jax.random.fold_in(jax.random.key(tc.seed), 1)
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+
+  from tqdm.auto import tqdm
+  bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, unit="step", disable=not (
+      tc.progress and is_main), dynamic_ncols=True)
+  finite = jnp.array(True)
+  t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
+  step = start
+  steps_this_call = 0
+  last_good = start
+  while step < tc.steps:
+    batch = trainer.global_batch(next(it))
+    state, m = trainer.step(state, batch, key)
+    step += 1
+    steps_this_call += 1
+    finite = finite & jnp.isfinite(m["loss"])
+    bar.update(1)
+    boundary = step % tc.log_every == 0 or step == tc.steps
+    ckpt_due = step % tc.ckpt_every == 0 or step == tc.steps or (
+        stop_after is not None and steps_this_call >= stop_after)
+    if boundary or ckpt_due:
+      if not bool(finite):
+        bar.close()
+        raise NonFiniteLossError(
+            f"loss became {float(m['loss'])} by step {step}; stopped without saving, the last "
+            f"good checkpoint (step {last_good}) is intact in {workdir}/ckpt")
+    if boundary:
+      now = time.perf_counter()
+      ips = (step - last_step) * tc.batch_size / max(now - last_t, 1e-9)
+      last_t, last_step = now, step
+      row = {"step": step, **{k: float(v) for k, v in m.items()},
+             "lr": learning_rate(cfg.optim, step), "img_per_s": ips, "time": time.time()}
+      if is_main:
+        append_jsonl(metrics_path, row)
+      bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
+    if ckpt_due:
+      save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it))
+      last_good = step
+    if stop_after is not None and steps_this_call >= stop_after:
+      break
+  bar.close()
+  mngr.close()
+  elapsed = time.perf_counter() - t0
+  return TrainResult(trainer=trainer, state=state, steps_run=steps_this_call,
+                     images_per_s=steps_this_call * tc.batch_size / max(elapsed, 1e-9),
+                     train_time_s=elapsed)
+
+
+def main(argv=None) -> None:
+  """Hydra entry point: python -m core.train model.preset=unet_tiny train.steps=100 ..."""
+  from core.hydra_entry import run_hydra
+  run_hydra(lambda cfg, workdir: train(cfg, workdir), argv)
+
+
+if __name__ == "__main__":
+  main()

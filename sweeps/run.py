@@ -1,0 +1,170 @@
+"""python -m sweeps.run ablations/X.yaml [tier=cpu] [seeds=N] [key=value ...] [options]
+
+Expands the sweep file, checks every run's config and data before any training, then trains,
+samples and evaluates each run into results/<sweep>_<tier>/<run_id>/. Running the same command
+again skips finished runs and resumes unfinished ones from their checkpoints. A failing run is
+recorded with its error and the sweep goes on; the exit code is 1 if any run failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import traceback
+from typing import Optional
+
+from core.config import ConfigError, to_dict
+from core.runio import read_json, read_jsonl, write_json_atomic, write_yaml_atomic
+from sweeps.spec import RunSpec, expand, parse_overrides
+
+
+def sweep_dir(results: str, meta: dict) -> str:
+  return os.path.join(results, f"{meta['sweep']}_{meta['tier']}")
+
+
+def set_status(run_dir: str, state: str, **extra) -> None:
+  write_json_atomic(os.path.join(run_dir, "status.json"),
+                    {"state": state, "updated": time.time(), **extra})
+
+
+def preflight(runs: list[RunSpec]) -> None:
+  """Fails before any training on data that cannot be had, naming the key and the fix."""
+  from core.models import build_model
+  checked = set()
+  for r in runs:
+    d = r.config.data
+    build_model(r.config.model, r.config.resolution)  # shapes and divisibility
+    if (d.source, d.path) in checked:
+      continue
+    checked.add((d.source, d.path))
+    if d.source in ("folder", "npz", "array_record"):
+      if not d.path:
+        raise ConfigError(f"run {r.run_id!r}: data.source={d.source} needs data.path; pass "
+                          "data.path=/path/to/data")
+      if not os.path.exists(d.path):
+        raise ConfigError(f"run {r.run_id!r}: data.path={d.path!r} does not exist; pass "
+                          "data.path=/path/to/data")
+    elif d.source == "tfds":
+      import importlib.util
+      if importlib.util.find_spec("tensorflow_datasets") is None:
+        raise ConfigError(f"run {r.run_id!r}: data.source=tfds ({d.path or 'imagenet2012'}) "
+                          "needs tensorflow-datasets and the prepared data set: pip install "
+                          "'simplediff[tfds]', or pass data.source=folder data.path=/path/to/imagenet")
+
+
+def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
+  """Trains (or resumes) and evaluates one run; returns its eval figures."""
+  from core.evaluate import evaluate_run
+  from core.train import train
+  run_dir = os.path.join(sdir, r.run_id)
+  os.makedirs(run_dir, exist_ok=True)
+  write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
+  set_status(run_dir, "running", step=0)
+  # Runs that differ only in sampling share one trained model (e.g. guidance scales).
+  model_dir = os.path.join(sdir, "_models", r.train_key)
+  result = train(r.config, model_dir)
+  rows = read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
+  shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl"))
+  figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress)
+  write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
+  set_status(run_dir, "done", step=int(result.state.step))
+  return figures
+
+
+def summary_table(meta: dict, sdir: str) -> str:
+  head = f"{'run':40s} {'state':8s} {'FID train':>9s} {'FID eval':>9s} {'IS':>12s} {'img/s':>8s}"
+  lines = [head, "-" * len(head)]
+  for run in meta["runs"]:
+    rd = os.path.join(sdir, run["run_id"])
+    st = (read_json(os.path.join(rd, "status.json")) or {}).get("state", "missing")
+    ev = read_json(os.path.join(rd, "eval.json")) or {}
+    f = lambda k, p=2: "" if ev.get(k) is None else f"{ev[k]:.{p}f}"
+    is_ = "" if ev.get("is_mean") is None else f"{ev['is_mean']:.2f}+-{ev.get('is_std', 0):.2f}"
+    lines.append(f"{run['run_id'][:40]:40s} {st:8s} {f('fid_train'):>9s} {f('fid_eval'):>9s} "
+                 f"{is_:>12s} {f('train_img_per_s', 0):>8s}")
+  return "\n".join(lines)
+
+
+def tpu_commands(file: str, meta: dict, runs: list[RunSpec], extra: list[str]) -> list[str]:
+  """Per-run commands for a TPU VM pod slice: every host runs the same command; JAX joins them
+  through jax.distributed.initialize() (train.distributed=true) and process 0 writes results."""
+  ov = " ".join(extra)
+  return [f"gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "
+          f"\"cd ~/simplediff && python -m sweeps.run {file} tier={meta['tier']} "
+          f"--only {r.run_id} train.distributed=true {ov}\"".replace("  ", " ") for r in runs]
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  ap = argparse.ArgumentParser(prog="python -m sweeps.run", description=__doc__.split("\n\n")[0])
+  ap.add_argument("file", help="sweep file, e.g. ablations/noise_shift.yaml")
+  ap.add_argument("overrides", nargs="*", help="tier=paper|gpu|cpu|smoke, seeds=N, key=value")
+  ap.add_argument("--dry-run", action="store_true", help="list the runs and their configs")
+  ap.add_argument("--results", default="results", help="results root (default results/)")
+  ap.add_argument("--only", action="append", default=[], help="run id or arm label (repeatable)")
+  ap.add_argument("--tpu-commands", action="store_true",
+                  help="print the per-host command of each run for a TPU VM pod slice")
+  ap.add_argument("--no-progress", action="store_true")
+  args = ap.parse_args(argv)
+  try:
+    opts, over = parse_overrides(args.overrides)
+    meta, runs = expand(args.file, opts.get("tier", "paper"), over, opts.get("seeds"))
+    if args.only:
+      runs = [r for r in runs if r.run_id in args.only or r.arm in args.only]
+      if not runs:
+        raise ConfigError(f"--only {args.only} matches no run id or arm label")
+    if args.tpu_commands:
+      print("\n".join(tpu_commands(args.file, meta, runs, args.overrides[:0] + [
+          o for o in args.overrides if not o.startswith(("tier=",))])))
+      return 0
+    if args.dry_run:
+      import yaml
+      for r in runs:
+        print(f"# {r.run_id}  (arm {r.arm!r}, group {r.group!r}, seed {r.seed}, "
+              f"model {r.train_key})")
+        print(yaml.safe_dump(to_dict(r.config), sort_keys=False).rstrip())
+        print()
+      print(f"{len(runs)} runs of {meta['sweep']} at tier {meta['tier']}")
+      return 0
+    preflight(runs)
+  except (ConfigError, KeyError, ValueError) as e:
+    msg = e.args[0] if e.args else str(e)
+    print(f"error: {msg}", file=sys.stderr)
+    return 2
+
+  sdir = sweep_dir(args.results, meta)
+  os.makedirs(sdir, exist_ok=True)
+  old = read_json(os.path.join(sdir, "sweep.json")) or {}
+  if args.only and old.get("runs"):  # keep the full listing when running a subset
+    meta = {**meta, "runs": old["runs"]}
+  write_json_atomic(os.path.join(sdir, "sweep.json"), meta)
+  t0 = time.time()
+  failed = 0
+  for i, r in enumerate(runs):
+    rd = os.path.join(sdir, r.run_id)
+    st = read_json(os.path.join(rd, "status.json")) or {}
+    if st.get("state") == "done" and os.path.exists(os.path.join(rd, "eval.json")):
+      print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
+      continue
+    print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)", flush=True)
+    try:
+      run_one(r, sdir, progress=not args.no_progress)
+    except KeyboardInterrupt:
+      set_status(rd, "failed", error="interrupted")
+      raise
+    except Exception as e:  # recorded; the sweep goes on
+      failed += 1
+      err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+      os.makedirs(rd, exist_ok=True)
+      with open(os.path.join(rd, "error.log"), "w") as f:
+        f.write(traceback.format_exc())
+      set_status(rd, "failed", error=err)
+      print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
+  print(f"\n{meta['title']} — tier {meta['tier']}, {time.time() - t0:.0f} s\n")
+  print(summary_table(meta, sdir))
+  return 1 if failed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
