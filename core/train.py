@@ -26,7 +26,7 @@ from core import data as data_lib
 from core import models
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
-from core.runio import append_jsonl, write_json_atomic, write_yaml_atomic
+from core.runio import append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
 from core.schedules import make_schedule
 
 
@@ -143,7 +143,7 @@ class Trainer:
     quarter = jnp.clip((t * 4).astype(jnp.int32), 0, 3)
     onehot = jax.nn.one_hot(quarter, 4)
     q_loss = (onehot * per[:, None]).sum(0) / jnp.maximum(onehot.sum(0), 1)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                **{f"loss_q{i}": q_loss[i] for i in range(4)}}
     new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
     return new, metrics
@@ -243,6 +243,13 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
   start = int(state.step)
   key = jax.random.fold_in(jax.random.key(tc.seed), 1)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  if is_main and os.path.exists(metrics_path):
+    # Rows past the checkpoint belong to steps that are about to run again: drop them so that
+    # each step appears once.
+    rows = read_jsonl(metrics_path)
+    if any(r.get("step", 0) > start for r in rows):
+      write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows
+                                              if r.get("step", 0) <= start))
 
   from tqdm.auto import tqdm
   bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, unit="step", disable=not (

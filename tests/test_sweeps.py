@@ -1,0 +1,184 @@
+"""Sweep files and the runner: paper settings, smoke runs end to end, resume after a kill."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from core.runio import read_json, read_jsonl
+from sweeps import run as runner
+from sweeps.spec import TIERS, expand
+
+FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "ablations", "[a-z]*.yaml")))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _by(runs, group, arm):
+  (r,) = [r for r in runs if r.group == group and r.arm == arm and r.seed == 0]
+  return r.config
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_every_sweep_file_expands_and_validates_at_every_tier(tier):
+  from core.models import build_model
+  assert len(FILES) == 8
+  for f in FILES:
+    meta, runs = expand(f, tier)
+    assert runs and meta["table"]
+    assert len({r.run_id for r in runs}) == len(runs)
+    for r in runs:
+      build_model(r.config.model, r.config.resolution)  # divisibility, front-ends, levels
+
+
+def test_noise_shift_paper_tier_is_the_papers_table_2():
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "paper")
+  assert [(r.group, r.arm) for r in runs] == [
+      ("128", "cosine"), ("128", "shift 64"), ("128", "shift 32"), ("256", "cosine"),
+      ("256", "shift 128"), ("256", "shift 64"), ("256", "shift 32")]
+  c = _by(runs, "128", "shift 32")
+  assert (c.resolution, c.model.preset, c.schedule.name, c.schedule.noise_d) == (128, "unet128", "shifted", 32)
+  assert c.model.channel_multiplier == (1, 2, 4, 8, 8) and c.model.num_res_blocks == (3, 4, 4, 12, 4)
+  assert (c.optim.lr, c.optim.b2, c.optim.eps, c.optim.warmup_steps) == (5e-5, 0.999, 1e-12, 10000)
+  assert (c.train.batch_size, c.train.steps, c.optim.ema_decay, c.optim.grad_clip) == (512, 1500000, 0.9999, 1.0)
+  assert (c.data.source, c.data.num_classes, c.eval.num_samples) == ("tfds", 1000, 50000)
+  c = _by(runs, "256", "shift 128")
+  assert (c.resolution, c.model.preset, c.schedule.noise_d, c.optim.b2, c.train.steps) == (256, "unet256", 128, 0.99, 2000000)
+
+
+def test_other_sweeps_paper_tier_settings():
+  a = lambda f: expand(os.path.join(ROOT, "ablations", f), "paper")[1]
+  runs = a("dropout.yaml")
+  assert [r.config.model.dropout_max_res for r in runs[1:]] == [128, 64, 32, 16]
+  assert runs[0].config.model.dropout == 0.0 and runs[0].config.train.steps == 700000
+  runs = a("blocks16.yaml")
+  assert [r.config.model.num_res_blocks[3] for r in runs] == [2, 4, 8, 12]
+  runs = a("downsampling.yaml")
+  assert [(r.config.model.frontend, r.config.model.channel_multiplier) for r in runs] == [
+      ("none", (1, 1, 1, 2, 4, 8, 8)), ("dwt:1", (1, 2, 2, 4, 8, 8)), ("dwt:2", (2, 3, 4, 8, 8)),
+      ("patch:2", (1, 2, 2, 4, 8, 8)), ("patch:4", (2, 3, 4, 8, 8))]
+  runs = a("multiscale.yaml")
+  assert [(r.config.resolution, r.config.loss.multiscale, r.config.loss.multiscale_base) for r in runs] == [
+      (256, False, 32), (256, True, 32), (512, False, 32), (512, True, 32)]
+  runs = a("guidance.yaml")
+  assert len(runs) == 24 and len({r.train_key for r in runs}) == 3
+  assert sorted({r.config.sampler.guidance_scale for r in runs}) == [1.0, 1.05, 1.1, 1.2, 1.4, 1.8, 2.0, 3.0]
+  assert {r.config.model.preset for r in runs} == {"uvit128", "uvit256", "uvit512"}
+  assert {(r.config.optim.lr, r.config.train.batch_size, r.config.train.steps) for r in runs} == {(1e-4, 2048, 500000)}
+  runs = a("literature.yaml")
+  assert [(r.arm, r.config.model.preset) for r in runs] == [
+      ("U-Net", "unet128"), ("U-ViT", "uvit128"), ("U-Net", "unet256"), ("U-ViT", "uvit256"),
+      ("U-Net", "unet512"), ("U-ViT", "uvit512")]
+  runs = a("interpolated_schedule.yaml")
+  assert {(r.config.schedule.name, r.config.resolution) for r in runs} == {("shifted", 512), ("interpolated", 512)}
+
+
+def test_small_tiers_scale_resolutions_and_keep_the_axis():
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "cpu")
+  c = _by(runs, "128", "shift 32")
+  assert (c.resolution, c.schedule.noise_d, c.data.source) == (16, 4, "shapes")
+  c = _by(runs, "256", "shift 128")
+  assert (c.resolution, c.schedule.noise_d) == (32, 16)  # the same ratio image_d / noise_d
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "smoke", seeds=2)
+  assert len(runs) == 14 and {r.config.train.seed for r in runs} == {0, 1}
+
+
+def _run(argv, capsys=None):
+  code = runner.main(argv)
+  return code
+
+
+def test_every_ablation_file_end_to_end_at_smoke(tmp_path, monkeypatch):
+  """Each file through the runner into results: two arms of each (all arms: the slow test)."""
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  res = str(tmp_path / "results")
+  for f in FILES:
+    _, runs = expand(f, "smoke")
+    only = [r.run_id for r in runs[:2]]
+    args = [f, "tier=smoke", "--results", res, "--no-progress",
+            f"eval.stats_dir={tmp_path / 'stats'}"] + sum([["--only", o] for o in only], [])
+    assert runner.main(args) == 0, f
+    name = yaml.safe_load(open(f))["name"]
+    sweep = read_json(os.path.join(res, f"{name}_smoke", "sweep.json"))
+    assert sweep["tier"] == "smoke" and len(sweep["runs"]) == len(runs)
+    for rid in only:
+      rd = os.path.join(res, f"{name}_smoke", rid)
+      assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
+      ev = read_json(os.path.join(rd, "eval.json"))
+      assert ev["fid_train"] is not None and ev["fid_train"] >= 0 and ev["params"] > 0
+      assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
+      assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
+
+
+@pytest.mark.slow
+def test_every_arm_of_every_ablation_at_smoke(tmp_path, monkeypatch):
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  for f in FILES:
+    assert runner.main([f, "tier=smoke", "--results", str(tmp_path), "--no-progress"]) == 0, f
+
+
+def test_bad_input_fails_before_training_with_one_line(tmp_path, capsys):
+  res = str(tmp_path / "r")
+  f = os.path.join(ROOT, "ablations/noise_shift.yaml")
+  assert runner.main([f, "tier=smoke", "train.stepz=3", "--results", res]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and "'train.stepz'" in err
+  assert runner.main([f, "tier=smoke", "train.steps=many", "--results", res]) == 2
+  assert "'train.steps'" in capsys.readouterr().err
+  assert runner.main([f, "tier=paper", "--results", res]) == 2  # ImageNet is not here
+  err = capsys.readouterr().err
+  assert "data.source=tfds" in err and "data.path" in err
+  assert runner.main([f, "tier=huge", "--results", res]) == 2
+  assert runner.main([str(tmp_path / "nope.yaml")]) == 2
+  assert not os.path.exists(res)  # nothing started
+
+
+def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
+  empty = tmp_path / "empty_folder"
+  empty.mkdir()
+  sweep = tmp_path / "mini.yaml"
+  sweep.write_text(yaml.safe_dump({
+      "name": "mini", "table": "x",
+      "base": {"resolution": 16, "model": {"preset": "unet_tiny"},
+               "data": {"source": "shapes", "size": 32},
+               "train": {"batch_size": 8, "steps": 1, "log_every": 1, "ckpt_every": 1, "progress": False},
+               "sampler": {"steps": 2}, "eval": {"fid": False, "grid_size": 4, "batch_size": 4}},
+      "arms": [{"label": "bad", "set": {"data.source": "folder", "data.path": str(empty)}},
+               {"label": "good"}]}))
+  assert runner.main([str(sweep), "--results", str(tmp_path / "r"), "--no-progress"]) == 1
+  st = lambda rid: read_json(str(tmp_path / "r" / "mini_paper" / rid / "status.json"))
+  assert st("bad-s0")["state"] == "failed" and st("bad-s0")["error"]
+  assert st("good-s0")["state"] == "done"
+
+
+def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
+  env = {**os.environ, "SIMPLEDIFF_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+  cmd = [sys.executable, "-m", "sweeps.run", "ablations/dropout.yaml", "tier=smoke",
+         "--results", str(tmp_path / "r"), "--no-progress", "eval.fid=false",
+         "--only", "none", "--only", "r=128", "--only", "r=64"]
+  sdir = tmp_path / "r" / "dropout_smoke"
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       start_new_session=True)
+  t0 = time.time()
+  while time.time() - t0 < 600:  # kill once the first run is done, mid-way through the sweep
+    if (read_json(str(sdir / "128-none-s0" / "status.json")) or {}).get("state") == "done":
+      break
+    time.sleep(0.5)
+  os.killpg(p.pid, signal.SIGKILL)
+  p.wait()
+  done_before = read_json(str(sdir / "128-none-s0" / "eval.json"))
+  assert done_before is not None
+  out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  assert "128-none-s0: done, skipped" in out.stdout
+  assert read_json(str(sdir / "128-none-s0" / "eval.json")) == done_before
+  for rid in ("128-none-s0", "128-r=128-s0", "128-r=64-s0"):
+    assert read_json(str(sdir / rid / "status.json"))["state"] == "done"
+    steps = [r["step"] for r in read_jsonl(str(sdir / rid / "metrics.jsonl"))]
+    assert steps == [1, 2], (rid, steps)
+  assert sorted(os.listdir(sdir)) == sorted(["128-none-s0", "128-r=128-s0", "128-r=64-s0",
+                                             "_models", "sweep.json"])
