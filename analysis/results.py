@@ -1,0 +1,250 @@
+"""A results folder (docs/results_layout.md) loaded into pandas; reads that layout only.
+
+  sweeps = load_results("results")        # every sub-folder holding a sweep.json
+  s = sweeps[0]; s.runs                   # one row per run listed in sweep.json
+  arm_summary(s)                          # one row per (group, arm): seeds aggregated
+  train, evals = run_metrics(s.run_dir(run_id))
+
+Nothing here raises on a partial folder: a missing run folder is state "missing", an unreadable
+status.json counts as "pending" (or "done" if eval.json is there), a torn metrics.jsonl line is
+skipped, a missing eval.json leaves the numbers NaN.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+from core.runio import read_json, read_jsonl
+
+EVAL_KEYS = ("fid_train", "fid_eval", "is_mean", "is_std", "num_samples", "params",
+             "train_img_per_s", "train_time_s", "steps", "guidance_scale")
+METRICS = ("fid_train", "fid_eval", "is_mean")
+GUIDANCE_KEY = "sampler.guidance_scale"
+
+
+@dataclasses.dataclass
+class Sweep:
+  name: str                # the folder's name, e.g. noise_shift_cpu
+  path: str
+  meta: dict
+  runs: pd.DataFrame
+
+  @property
+  def table(self) -> str:
+    return str(self.meta.get("table") or "")
+
+  @property
+  def tier(self) -> str:
+    return str(self.meta.get("tier") or "")
+
+  @property
+  def title(self) -> str:
+    return str(self.meta.get("title") or self.meta.get("sweep") or self.name)
+
+  @property
+  def reference(self) -> Optional[str]:
+    return self.meta.get("reference")
+
+  def run_dir(self, run_id: str) -> str:
+    return os.path.join(self.path, run_id)
+
+
+def find_sweeps(root: str) -> list[str]:
+  """Sweep folders under root (its direct sub-folders with a sweep.json), or root itself."""
+  if os.path.isfile(os.path.join(root, "sweep.json")):
+    return [root]
+  if not os.path.isdir(root):
+    return []
+  out = []
+  for name in sorted(os.listdir(root)):
+    d = os.path.join(root, name)
+    if os.path.isdir(d) and os.path.isfile(os.path.join(d, "sweep.json")):
+      out.append(d)
+  return out
+
+
+def _num(v) -> float:
+  if v is None or isinstance(v, bool):
+    return math.nan
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return math.nan
+
+
+def short_error(err: Any, n: int = 60) -> str:
+  s = str(err or "").strip().splitlines()
+  s = s[0] if s else "unknown error"
+  return s if len(s) <= n else s[:n - 3] + "..."
+
+
+def _run_row(sweep_path: str, i: int, r: dict) -> dict:
+  run_id = str(r.get("run_id", f"run{i}"))
+  d = os.path.join(sweep_path, run_id)
+  values = r.get("values") or {}
+  row = {"order": i, "run_id": run_id, "arm": str(r.get("arm", run_id)),
+         "group": str(r.get("group") or ""), "seed": r.get("seed", 0), "values": values,
+         "dir": d, "error": None, "step": math.nan, "has_eval": False, "samples": None}
+  ev = None
+  if not os.path.isdir(d):
+    state = "missing"
+  else:
+    st = read_json(os.path.join(d, "status.json"))
+    ev = read_json(os.path.join(d, "eval.json"))
+    ev = ev if isinstance(ev, dict) else None
+    if isinstance(st, dict) and st.get("state"):
+      state = str(st["state"])
+      row["error"] = st.get("error")
+      row["step"] = _num(st.get("step"))
+    else:
+      state = "done" if ev is not None else "pending"
+    sp = os.path.join(d, "samples.png")
+    row["samples"] = sp if os.path.isfile(sp) else None
+  row["state"] = state
+  row["has_eval"] = state == "done" and ev is not None
+  for k in EVAL_KEYS:
+    row[k] = _num((ev or {}).get(k)) if row["has_eval"] else math.nan
+  # the step the final figures were taken at (eval.json "step", else its "steps")
+  row["eval_step"] = _num((ev or {}).get("step", (ev or {}).get("steps"))) \
+      if row["has_eval"] else math.nan
+  if math.isnan(row["guidance_scale"]) and GUIDANCE_KEY in values:
+    row["guidance_scale"] = _num(values[GUIDANCE_KEY])
+  return row
+
+
+def load_sweep(path: str) -> Sweep:
+  meta = read_json(os.path.join(path, "sweep.json"))
+  if not isinstance(meta, dict):
+    raise ValueError(f"{os.path.join(path, 'sweep.json')} is not a readable JSON object")
+  runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
+  rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
+  cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
+          *EVAL_KEYS, "eval_step", "samples", "dir", "values"]
+  df = pd.DataFrame(rows, columns=cols)
+  name = os.path.basename(os.path.normpath(path))
+  return Sweep(name=name, path=path, meta=meta, runs=df)
+
+
+def load_results(root: str, warn=None) -> list[Sweep]:
+  """Every readable sweep under root; an unreadable sweep.json is reported through warn."""
+  out = []
+  for d in find_sweeps(root):
+    try:
+      out.append(load_sweep(d))
+    except ValueError as e:
+      if warn:
+        warn(f"skipped {d}: {e}")
+  return out
+
+
+def run_metrics(run_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """(training rows, evaluation rows) of a run's metrics.jsonl, sorted by step."""
+  rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if isinstance(r, dict)]
+  train = [r for r in rows if r.get("kind", "train") != "eval" and "loss" in r]
+  evals = [r for r in rows if r.get("kind") == "eval"]
+  def frame(rs):
+    df = pd.DataFrame(rs)
+    if "step" in df:
+      df = df[pd.to_numeric(df["step"], errors="coerce").notna()]
+      df = df.sort_values("step", kind="stable").reset_index(drop=True)
+    return df
+  return frame(train), frame(evals)
+
+
+def arm_order(runs: pd.DataFrame) -> list[tuple[str, str]]:
+  """(group, arm) in sweep.json order, arms of one group kept together."""
+  groups: dict[str, list[str]] = {}
+  for g, a in zip(runs["group"], runs["arm"]):
+    groups.setdefault(g, [])
+    if a not in groups[g]:
+      groups[g].append(a)
+  return [(g, a) for g, arms in groups.items() for a in arms]
+
+
+def _state_text(sub: pd.DataFrame) -> str:
+  """One arm's state: "done", "running", "failed: <error>", or counts when mixed."""
+  def one(state, err):
+    if state == "failed":
+      return f"failed: {short_error(err)}"
+    return state
+  labels = []
+  for _, r in sub.iterrows():
+    s = one(r["state"], r["error"])
+    if r["state"] == "done" and not r["has_eval"]:
+      s = "done, no eval.json"
+    labels.append(s)
+  uniq = list(dict.fromkeys(labels))
+  if len(uniq) == 1:
+    return uniq[0]
+  return ", ".join(f"{labels.count(u)} {u}" for u in uniq)
+
+
+def _mean_std(x: pd.Series) -> tuple[float, float]:
+  x = pd.to_numeric(x, errors="coerce").dropna()
+  if len(x) == 0:
+    return math.nan, math.nan
+  return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan
+
+
+def arm_summary(sweep: Sweep) -> pd.DataFrame:
+  """One row per (group, arm), in sweep.json order.
+
+  seeds: finished runs (done with an eval.json); `<m>` and `<m>_std` the mean and sample
+  standard deviation (ddof=1, NaN for one seed) over those; is_split_std the Inception-split
+  std of a single seed; speed the arm's mean img/s over the reference arm's, in percent.
+  """
+  runs = sweep.runs
+  rows = []
+  ref_speed = math.nan
+  ref = sweep.reference
+  if ref is not None and len(runs) and (runs["run_id"] == ref).any():
+    rr = runs[runs["run_id"] == ref].iloc[0]
+    ref_arm = runs[(runs["group"] == rr["group"]) & (runs["arm"] == rr["arm"]) & runs["has_eval"]]
+    ref_speed = _mean_std(ref_arm["train_img_per_s"])[0]
+  for g, a in arm_order(runs) if len(runs) else []:
+    sub = runs[(runs["group"] == g) & (runs["arm"] == a)]
+    done = sub[sub["has_eval"]]
+    row = {"group": g, "arm": a, "state": _state_text(sub), "seeds": int(len(done)),
+           "runs": int(len(sub)), "run_ids": list(sub["run_id"])}
+    for k in METRICS:
+      row[k], row[f"{k}_std"] = _mean_std(done[k])
+    row["is_split_std"] = float(done["is_std"].iloc[0]) if len(done) == 1 else math.nan
+    row["params"] = _mean_std(done["params"])[0]
+    img_s = _mean_std(done["train_img_per_s"])[0]
+    row["train_img_per_s"] = img_s
+    row["speed"] = 100.0 * img_s / ref_speed if ref_speed and ref_speed > 0 else math.nan
+    row["guidance_scale"] = _mean_std(sub["guidance_scale"])[0]
+    row["is_reference"] = ref is not None and ref in row["run_ids"]
+    rows.append(row)
+  cols = ["group", "arm", "state", "seeds", "runs", "fid_train", "fid_train_std", "fid_eval",
+          "fid_eval_std", "is_mean", "is_mean_std", "is_split_std", "params", "train_img_per_s",
+          "speed", "guidance_scale", "is_reference", "run_ids"]
+  return pd.DataFrame(rows, columns=cols)
+
+
+def varies_guidance(sweep: Sweep) -> bool:
+  """Whether the runs differ in sampler.guidance_scale (a guidance sweep)."""
+  g = pd.to_numeric(sweep.runs["guidance_scale"], errors="coerce").dropna()
+  return g.nunique() > 1
+
+
+def human_count(n) -> str:
+  """12345678 -> '12.3M'."""
+  n = _num(n)
+  if math.isnan(n):
+    return ""
+  for div, suf in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+    if abs(n) >= div:
+      v = n / div
+      return f"{v:.0f}{suf}" if v >= 100 else f"{v:.1f}{suf}"
+  return f"{n:.0f}"
+
+
+def finite(x) -> bool:
+  return x is not None and isinstance(x, (int, float, np.floating, np.integer)) and \
+      not isinstance(x, bool) and math.isfinite(float(x))

@@ -1,0 +1,297 @@
+"""Tables, figures and the notebook from synthetic results folders (tests/fixtures_results.py)."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import make_figures, make_tables, paper_numbers
+from analysis.results import arm_summary, load_results, load_sweep, run_metrics
+from tests.fixtures_results import (run_id, sample_std, write_fake_guidance_sweep,
+                                    write_fake_sweep)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _eval(sdir, rid):
+  with open(os.path.join(sdir, rid, "eval.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+  """A results folder as a sweep leaves it midway, plus folders that are not sweeps."""
+  root = str(tmp_path_factory.mktemp("results"))
+  write_fake_sweep(root)                           # noise_shift_cpu, table 2
+  write_fake_sweep(root, tier="paper")             # noise_shift_paper
+  write_fake_guidance_sweep(root)                  # guidance_cpu, table 9
+  os.makedirs(os.path.join(root, "scratch", "notes"))
+  with open(os.path.join(root, "README.txt"), "w") as f:
+    f.write("not a sweep\n")
+  return root
+
+
+# --- paper numbers ---------------------------------------------------------------------
+
+def test_paper_numbers_labels_and_values_match_spec():
+  T = paper_numbers.TABLES
+  assert list(T["2"]["128"]) == ["cosine", "shift 64", "shift 32"]
+  assert list(T["2"]["256"]) == ["cosine", "shift 128", "shift 64", "shift 32"]
+  assert list(T["3"]["128"]) == ["none", "r=128", "r=64", "r=32", "r=16"]
+  assert [v["speed"] for v in T["4"]["128"].values()] == [114, 100, 76, 62]
+  assert list(T["5"]["512"]) == ["none", "DWT-1", "DWT-2", "patch 2x2", "patch 4x4"]
+  assert [v["speed"] for v in T["5"]["512"].values()] == [100, 139, 146, 137, 146]
+  for g in ("256", "512"):
+    assert list(T["6"][g]) == ["standard", "multiscale"]
+  assert list(T["7"]["128"]) == ["U-Net", "U-ViT", "CDM"]
+  for g in ("128", "256", "512"):
+    assert list(T["9"][g]) == ["1.00", "1.05", "1.10", "1.20", "1.40", "1.80", "2.00", "3.00"]
+  assert paper_numbers.lookup("2", "128", "shift 32") == {"fid_train": 2.26, "fid_eval": 2.88}
+  assert paper_numbers.lookup("5", "512", "DWT-2") == {"fid_train": 4.85, "fid_eval": 4.58,
+                                                       "speed": 146}
+  assert paper_numbers.lookup("7", "256", "CDM") == {"fid_train": 4.88, "fid_eval": 4.63,
+                                                     "is_mean": 158.71, "is_std": 2.26}
+  assert paper_numbers.lookup("6", "512", "multiscale")["is_mean"] == 171.0
+  assert paper_numbers.lookup("9", "512", 3.0)["fid_eval"] == 18.42     # numeric arm
+  assert paper_numbers.lookup("9", "256", "1.4")["is_mean"] == 342.2
+  assert paper_numbers.lookup("2", "512", "cosine") is None
+  assert paper_numbers.lookup("eq6", "512", "shift 32") is None
+  assert paper_numbers.TABLE1[0]["feature_map_gb"] == 16.0
+  # a returned row is a copy
+  paper_numbers.lookup("2", "128", "cosine")["fid_train"] = 0
+  assert T["2"]["128"]["cosine"]["fid_train"] == 2.96
+
+
+# --- tables ----------------------------------------------------------------------------
+
+def test_table_rows_states_seeds_and_speed(results):
+  sdir = os.path.join(results, "noise_shift_cpu")
+  t = make_tables.build_table(load_sweep(sdir))
+  d = t.display
+  assert list(d.columns) == make_tables.COLUMNS            # no paper columns at tier cpu
+  assert list(zip(d["group"], d["arm"])) == paper_numbers.arms_of("2")
+  state = dict(zip(d["group"] + "/" + d["arm"], d["state"]))
+  assert state["256/shift 128"] == "running"
+  assert state["256/shift 64"].startswith("failed: RuntimeError: RESOURCE_EXHAUSTED")
+  assert "\n" not in state["256/shift 64"] and len(state["256/shift 64"]) < 80
+  assert state["256/shift 32"] == "missing"
+  assert state["128/cosine"] == "done"
+  # no numbers where nothing finished
+  for arm in ("shift 128", "shift 64", "shift 32"):
+    row = d[(d["group"] == "256") & (d["arm"] == arm)].iloc[0]
+    assert row["FID train"] == row["FID eval"] == row["IS"] == row["speed"] == ""
+    assert row["seeds"] == "0"
+  # two seeds: mean ± sample std over seeds
+  e0, e1 = (_eval(sdir, run_id("128", "cosine", s)) for s in (0, 1))
+  cos = t.numbers.iloc[0]
+  assert cos["seeds"] == 2
+  for k in ("fid_train", "fid_eval", "is_mean"):
+    assert cos[k] == pytest.approx((e0[k] + e1[k]) / 2)
+    assert cos[f"{k}_std"] == pytest.approx(sample_std([e0[k], e1[k]]))
+  m, s = (e0["fid_train"] + e1["fid_train"]) / 2, sample_std([e0["fid_train"], e1["fid_train"]])
+  assert d.iloc[0]["FID train"] == f"{m:.2f} ± {s:.2f}"
+  assert any("standard deviation" in n and "seeds" in n for n in t.notes)
+  # one seed: IS ± the split std of eval.json
+  e = _eval(sdir, run_id("128", "shift 32", 0))
+  assert d.iloc[2]["IS"] == f"{e['is_mean']:.2f} ± {e['is_std']:.2f}"
+  assert d.iloc[2]["params"] == "3.7M"
+  # relative speed: arm img/s over the reference arm's (the first, two seeds)
+  ref = (e0["train_img_per_s"] + e1["train_img_per_s"]) / 2
+  assert t.numbers.iloc[2]["speed_pct"] == pytest.approx(100 * e["train_img_per_s"] / ref)
+  assert d.iloc[0]["speed"] == "100%"
+  assert d.iloc[2]["speed"] == f"{100 * e['train_img_per_s'] / ref:.0f}%"
+
+
+def test_paper_columns_only_at_tier_paper(results):
+  t = make_tables.build_table(load_sweep(os.path.join(results, "noise_shift_paper")))
+  d = t.display
+  assert list(d.columns) == make_tables.COLUMNS + make_tables.PAPER_COLUMNS
+  row = d[(d["group"] == "128") & (d["arm"] == "shift 32")].iloc[0]
+  assert (row["paper FID train"], row["paper FID eval"]) == ("2.26", "2.88")
+  n = t.numbers.set_index(["group", "arm"])
+  for g, a in paper_numbers.arms_of("2"):
+    p = paper_numbers.lookup("2", g, a)
+    assert n.loc[(g, a), "paper_fid_train"] == p["fid_train"]
+    assert n.loc[(g, a), "paper_fid_eval"] == p["fid_eval"]
+  # the paper's numbers stand beside arms that have not finished too
+  assert d.iloc[-1]["state"] == "missing" and d.iloc[-1]["paper FID train"] == "3.76"
+  # forced off at tier paper, forced on at tier cpu
+  off = make_tables.build_table(load_sweep(os.path.join(results, "noise_shift_paper")), False)
+  assert "paper FID train" not in off.display
+  on = make_tables.build_table(load_sweep(os.path.join(results, "noise_shift_cpu")), True)
+  assert on.display.iloc[2]["paper FID eval"] == "2.88"
+
+
+def test_cli_writes_markdown_latex_csv_for_every_sweep(results, tmp_path, capsys):
+  out = str(tmp_path / "tables")
+  assert make_tables.main([results, "--out", out]) == 0
+  printed = capsys.readouterr().out
+  names = ["guidance_cpu", "noise_shift_cpu", "noise_shift_paper"]
+  assert sorted({os.path.splitext(f)[0] for f in os.listdir(out)}) == names  # not scratch/
+  for n in names:
+    md = open(os.path.join(out, f"{n}.md")).read()
+    tex = open(os.path.join(out, f"{n}.tex")).read()
+    csv = pd.read_csv(os.path.join(out, f"{n}.csv"))
+    assert md.split("\n")[0] in printed
+    for key in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
+      assert key in tex
+    assert "±" not in tex and r"$\pm$" in tex
+    rows = [l for l in md.splitlines() if l.startswith("| ")][1:]
+    assert len(rows) == len(csv)
+  csv = pd.read_csv(os.path.join(out, "noise_shift_cpu.csv"))
+  assert list(csv["arm"]) == [a for _, a in paper_numbers.arms_of("2")]
+  assert csv.loc[0, "seeds"] == 2 and csv.loc[4, "state"] == "running"
+  tex = open(os.path.join(out, "noise_shift_cpu.tex")).read()
+  assert tex.count(r"\midrule") == 2                  # header rule + one between groups
+  assert r"RESOURCE\_EXHAUSTED" in tex
+  csv = pd.read_csv(os.path.join(out, "noise_shift_paper.csv"))
+  assert csv.loc[2, "paper_fid_train"] == 2.26 and csv.loc[2, "paper_fid_eval"] == 2.88
+  # default output folder: RESULTS/tables
+  assert make_tables.main([results, "--quiet"]) == 0
+  assert os.path.isfile(os.path.join(results, "tables", "guidance_cpu.tex"))
+
+
+def test_partial_and_broken_runs_never_crash(tmp_path):
+  root = str(tmp_path)
+  sdir = write_fake_sweep(root, sweep="dropout", table="3", states={})
+  # a done run whose eval.json is missing, one whose eval.json is torn, one without status.json
+  os.remove(os.path.join(sdir, run_id("128", "r=128", 0), "eval.json"))
+  with open(os.path.join(sdir, run_id("128", "r=64", 0), "eval.json"), "w") as f:
+    f.write('{"fid_train": 3.')
+  os.remove(os.path.join(sdir, run_id("128", "r=32", 0), "status.json"))
+  d = make_tables.build_table(load_sweep(sdir)).display.set_index("arm")
+  assert d.loc["r=128", "state"] == "done, no eval.json" and d.loc["r=128", "FID train"] == ""
+  assert d.loc["r=64", "state"] == "done, no eval.json"
+  assert d.loc["r=32", "state"] == "done" and d.loc["r=32", "FID train"] != ""
+  # the torn last line of a metrics.jsonl is skipped
+  train, evals = run_metrics(os.path.join(sdir, run_id("128", "none", 0)))
+  assert len(train) == 20 and train["step"].max() == 200 and len(evals) == 2
+  # a sweep.json listing runs of which none has a folder yet
+  empty = write_fake_sweep(root, sweep="blocks16", table="4")
+  for name in os.listdir(empty):
+    if name != "sweep.json":
+      import shutil
+      shutil.rmtree(os.path.join(empty, name))
+  s = arm_summary(load_sweep(empty))
+  assert set(s["state"]) == {"missing"} and s["speed"].isna().all()
+  # a sweep.json without runs, and an unreadable one
+  os.makedirs(os.path.join(root, "nothing_cpu"))
+  with open(os.path.join(root, "nothing_cpu", "sweep.json"), "w") as f:
+    json.dump({"sweep": "nothing", "table": "2", "tier": "cpu", "reference": None, "runs": []}, f)
+  os.makedirs(os.path.join(root, "torn_cpu"))
+  with open(os.path.join(root, "torn_cpu", "sweep.json"), "w") as f:
+    f.write('{"sweep": "torn", "runs": [')
+  warned = []
+  names = [s.name for s in load_results(root, warn=warned.append)]
+  assert names == ["blocks16_cpu", "dropout_cpu", "nothing_cpu"] and "torn_cpu" in warned[0]
+  assert make_tables.main([root, "--quiet"]) == 0
+  assert "No runs" in open(os.path.join(root, "tables", "nothing_cpu.md")).read()
+
+
+def _cli(*args):
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_empty_and_missing_results_folder(tmp_path, capsys):
+  """Empty folder: one line saying so, exit 0 (nothing to tabulate yet). Missing: exit 2."""
+  r = _cli("-m", "analysis.make_tables", str(tmp_path))
+  assert r.returncode == 0, r.stderr
+  assert r.stdout.strip().startswith("no sweeps in") and len(r.stdout.strip().splitlines()) == 1
+  assert not os.path.exists(tmp_path / "tables")
+  assert make_tables.main([str(tmp_path / "absent")]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: results folder") and len(err.strip().splitlines()) == 1
+  assert make_figures.main([str(tmp_path / "absent")]) == 2
+
+
+# --- figures ---------------------------------------------------------------------------
+
+def test_schedule_curves_follow_eq5_and_eq6():
+  c = make_figures.schedule_curves(512, (256, 32), (32, 256), n=11)
+  t = c["t"]
+  np.testing.assert_allclose(c["shift 32"], c["cosine"] + 2 * math.log(32 / 512), atol=1e-4)
+  interp = c["interpolated 32-256"]
+  np.testing.assert_allclose(interp, t * c["shift 32"] + (1 - t) * c["shift 256"], atol=1e-4)
+
+
+def test_noise_figure_shifted_schedule_destroys_more_signal():
+  x = make_figures.noise_image(512)
+  assert x.shape == (512, 512, 3) and x.min() >= -1 and x.max() <= 1 and x.std() > 0.1
+  sig = make_figures.noise_signal(x, make_figures.NOISE_TS, noise_d=64)
+  cos, sh = np.array(sig["cosine"]["signal"]), np.array(sig["shifted"]["signal"])
+  assert (sh < cos - 0.05).all(), (cos, sh)              # more destroyed at every t
+  assert (np.diff(cos) < 0).all() and (np.diff(sh) < 0).all()
+  assert cos[0] > 0.95 and sh[-1] < 0.5
+  assert (np.array(sig["shifted"]["logsnr"]) < np.array(sig["cosine"]["logsnr"])).all()
+
+
+def test_guidance_lines_and_paper_curves(tmp_path):
+  sdir = write_fake_guidance_sweep(str(tmp_path), tier="paper", groups=("128", "512"))
+  s = load_sweep(sdir)
+  lines = make_figures.guidance_lines(s)
+  assert [l["label"] for l in lines] == ["128", "512"]
+  assert list(lines[0]["df"]["guidance_scale"]) == [1.0, 1.4, 2.0, 3.0]
+  fig = make_figures.guidance_figure(s)
+  labels = [l.get_label() for l in fig.axes[0].get_lines()]
+  assert "paper 128" in labels and "paper 512" in labels
+  paper = next(l for l in fig.axes[0].get_lines() if l.get_label() == "paper 512")
+  assert list(paper.get_ydata()) == [paper_numbers.lookup("9", "512", f"{g:.2f}")["fid_train"]
+                                     for g in (1.0, 1.4, 2.0, 3.0)]
+  assert make_figures.guidance_figure(load_sweep(write_fake_sweep(str(tmp_path)))) is None
+  # IS null in eval.json (no Inception logits): the IS panel says so instead of failing
+  no_is = load_sweep(write_fake_guidance_sweep(str(tmp_path / "no_is"), with_is=False))
+  fig = make_figures.guidance_figure(no_is)
+  assert "no Inception score" in " ".join(t.get_text() for t in fig.axes[2].texts)
+  assert make_tables.build_table(no_is).display["IS"].eq("").all()
+  assert make_figures._line_label(["shift 32, guidance 1.0", "shift 32, guidance 1.2"]) == \
+      "shift 32"
+
+
+EXPECTED = ["schedules", "noise_512", "noise_shift_cpu_loss", "noise_shift_cpu_samples",
+            "guidance_cpu_guidance", "guidance_cpu_loss", "guidance_cpu_samples"]
+
+
+def test_make_figures_writes_every_figure(tmp_path):
+  from PIL import Image
+  root = str(tmp_path / "results")
+  write_fake_sweep(root)
+  write_fake_guidance_sweep(root)
+  os.makedirs(os.path.join(root, "scratch"))
+  assert make_figures.main([root]) == 0
+  out = os.path.join(root, "figures")
+  names = {os.path.splitext(f)[0] for f in os.listdir(out)}
+  assert names == set(EXPECTED)                   # no guidance plot for noise_shift
+  for n in EXPECTED:
+    with open(os.path.join(out, f"{n}.pdf"), "rb") as f:
+      assert f.read(5) == b"%PDF-"
+    img = np.asarray(Image.open(os.path.join(out, f"{n}.png")).convert("RGB"))
+    assert min(img.shape[:2]) > 300
+    colours = len(np.unique(img.reshape(-1, 3)[::7], axis=0))
+    assert img.std() > 10 and colours > 50, (n, img.std(), colours)
+
+
+# --- notebook --------------------------------------------------------------------------
+
+def test_notebook_executes_against_a_results_folder(tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  pytest.importorskip("ipykernel")     # provides the python3 kernel of this interpreter
+  root = str(tmp_path / "results")
+  write_fake_sweep(root, sweep="multiscale", table="6", states={("512", "multiscale"): "failed"})
+  monkeypatch.setenv("SIMPLEDIFF_RESULTS", root)
+  nb = nbformat.read(os.path.join(ROOT, "analysis", "plots.ipynb"), as_version=4)
+  client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=180,
+                                   resources={"metadata": {"path": os.path.join(ROOT, "analysis")}})
+  client.execute()
+  outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == "error"]
+  pngs = [o for o in outputs if "image/png" in o.get("data", {})]
+  tables = [o["data"]["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
+  assert len(pngs) == 4                   # schedules, noise, the sweep's loss and samples
+  assert len(tables) == 1 and "multiscale_cpu" in tables[0] and "failed" in tables[0]
+  assert any(root in o.get("text", "") for o in outputs)
