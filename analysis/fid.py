@@ -23,7 +23,7 @@ def _parser():
   ap.add_argument("--is", dest="inception_score", action="store_true", help="also print IS of PATH_A")
   ap.add_argument("--splits", type=int, default=10, help="IS splits (default 10)")
   ap.add_argument("--batch-size", type=int, default=50)
-  ap.add_argument("--num", type=int, default=None, help="use at most the first N images of each set")
+  ap.add_argument("--num", type=int, default=None, help="use N images of each set, a fixed random subset (seed 0)")
   ap.add_argument("--weights", default=None, help="Inception weights file (else the default search)")
   ap.add_argument("--save-stats", metavar="OUT.npz", default=None, help="save PATH_A's statistics")
   ap.add_argument("--save-stats-b", metavar="OUT.npz", default=None, help="save PATH_B's statistics")

@@ -57,6 +57,7 @@ TABLES: dict[str, dict[str, dict[str, dict]]] = {
         "512": {"standard": _f(4.85, 4.58, 156.1), "multiscale": _f(4.30, 4.28, 171.0)},
     },
     "7": {
+        # literature.yaml's rows; cascade.yaml (single stage against CDM) uses the 256 ones.
         "128": {"U-Net": _f(2.26, 2.88, 137.3, 2.03), "U-ViT": _f(1.94, 3.23, 171.9, 3.24),
                 "CDM": _f(3.52, 3.76, 128.8, 2.51)},
         "256": {"U-Net": _f(3.76, 3.71, 171.6, 3.07), "U-ViT": _f(2.77, 3.75, 211.8, 2.93),

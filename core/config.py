@@ -67,6 +67,35 @@ class SamplerConfig:
   guidance_scale: float = 1.0     # paper's scale = 1 + eta; 1.0 is no guidance
   guidance_t_min: float = 0.0     # SiD2: guidance only for t in [guidance_t_min, guidance_t_max]
   guidance_t_max: float = 1.0
+  # CDM super-resolution stages (SPEC section 4). Sampling-time only, so that an s-sweep shares
+  # one trained model (sweeps.spec.train_key ignores the sampler section).
+  cond_s: float = 0.0             # augmentation level s of the low-res input, picked by a search
+  cond_truncated: bool = False    # truncated: stop the lower stage at s instead of re-noising x_0
+
+
+@dataclasses.dataclass(frozen=True)
+class CondConfig:
+  """Conditioning task of the model (core.conditioning.TASKS) and CDM's training-time
+  conditioning augmentation (SPEC section 4). s is a time in [0, 1] of the run's noise schedule
+  at low_resolution, i.e. of the lower stage's forward process."""
+  task: str = "none"              # none | super_res
+  low_resolution: int = 0         # super_res: side of the low-res input (area-downsampled batch)
+  upsample: str = "bicubic"       # [?] low-res -> resolution (jax.image.resize); SR3/CDM: bicubic
+  noise_s_min: float = 0.0        # non-truncated noise augmentation: s ~ U(min, max) per example,
+  noise_s_max: float = 0.5        # [?] not in SPEC; max 0 turns the noise augmentation off
+  blur_prob: float = 0.5          # Gaussian blur on this fraction of training examples (SPEC 4)
+  blur_sigma_min: float = 0.4     # [?] not in SPEC; CDM's reading: sigma ~ U(0.4, 0.6),
+  blur_sigma_max: float = 0.6     #     a 3 x 3 kernel, on the low-resolution image
+  blur_size: int = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeConfig:
+  """A run sampled through a cascade (SPEC section 4): the lower stages are trained as runs of
+  their own (core.cdm.stage_configs, by sweeps.run); this config's model is the last stage."""
+  stages: tuple[int, ...] = ()    # resolutions of the lower stages, base first; () = single stage
+  base_preset: str = ""           # model preset of the base stage ("": this run's model)
+  base_steps: int = 0             # training steps of the base stage (0: train.steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +167,8 @@ class ExperimentConfig:
   optim: OptimConfig = OptimConfig()
   train: TrainConfig = TrainConfig()
   eval: EvalConfig = EvalConfig()
+  cond: CondConfig = CondConfig()
+  cascade: CascadeConfig = CascadeConfig()
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

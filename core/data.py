@@ -623,7 +623,7 @@ def make_dataset(cfg: DataConfig, resolution: int, batch_size: int, seed: int,
 
 def iterate_uint8(cfg: DataConfig, resolution: int, split: str, num: int, batch_size: int,
                   progress: bool = False) -> Iterator[np.ndarray]:
-  """The first `num` images of a split in order, unflipped, as uint8 (b, R, R, 3) batches
+  """`num` images of a split (all, or a fixed random subset in index order), unflipped, as uint8 (b, R, R, 3) batches
   (the last one may be smaller); for reference statistics. A split with fewer images yields
   all of them, with a warning."""
   import grain
@@ -635,7 +635,12 @@ def iterate_uint8(cfg: DataConfig, resolution: int, split: str, num: int, batch_
     warnings.warn(f"split {split!r} of data.source={cfg.source!r} has {len(src)} images; "
                   f"iterating over all of them instead of {num}", stacklevel=2)
   counter = SkipCounter(src)
-  ds = grain.MapDataset.source(_Elements(src, int(resolution)))[:n]
+  ds = grain.MapDataset.source(_Elements(src, int(resolution)))
+  if n < len(src):  # a fixed random subset: the first n of a class-sorted folder are few classes
+    from core.fid import subset
+    keep = subset(np.arange(len(src)), n)
+    full = ds
+    ds = grain.MapDataset.range(n).map(lambda i: full[int(keep[i])])
   it = _batched(ds, batch_size, _uint8_batch, cfg, False, counter)
 
   def gen():

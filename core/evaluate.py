@@ -32,27 +32,64 @@ def class_labels(n: int, num_classes: int, seed: int) -> Optional[np.ndarray]:
   return rng.permutation(np.arange(n) % num_classes).astype(np.int32)
 
 
-def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int) -> Callable:
-  """A jitted function key, labels -> uint8-ready float samples of one batch."""
+def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
+                 t_end: float = 0.0) -> Callable:
+  """A jitted function key, labels, low=None -> samples of one batch (floats for to_uint8).
+
+  low: the lower cascade stage's output, for a super-resolution model (cond.task); t_end > 0
+  stops at z_{t_end} (truncated CDM augmentation of the next stage).
+  """
+  from core.conditioning import make_task, repeat_batch
   from core.schedules import make_schedule
   schedule = make_schedule(cfg.schedule, cfg.resolution)
   shape = (batch, cfg.resolution, cfg.resolution, cfg.model.out_channels)
-
-  def model_fn(z, logsnr, labels):
-    return trainer.apply(params, z, logsnr, labels, train=False)
+  task = make_task(cfg)
 
   @jax.jit
+  def draw(key, labels, low=None):
+    # A stream apart from sample()'s split(key), so a plain model's samples are unchanged.
+    cond = task.sample(low, jax.random.fold_in(key, 2))
+
+    def model_fn(z, logsnr, labels):
+      return trainer.apply(params, z, logsnr, labels, train=False,
+                           **repeat_batch(cond, z.shape[0]))
+    return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end)
+  return draw
+
+
+def make_cascade_sampler(stages, batch: int) -> Callable:
+  """key, labels -> samples of the last stage, each stage conditioned on the one before.
+
+  stages: (trainer, params, cfg) base first (SPEC section 4). A stage before a truncated
+  super-resolution stage stops at that stage's sampler.cond_s.
+  """
+  draws = []
+  for i, (trainer, params, cfg) in enumerate(stages):
+    nxt = stages[i + 1][2].sampler if i + 1 < len(stages) else None
+    t_end = nxt.cond_s if nxt is not None and nxt.cond_truncated else 0.0
+    draws.append(make_sampler(trainer, params, cfg, batch, t_end=t_end))
+
   def draw(key, labels):
-    return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels)
+    x = None
+    for d, k in zip(draws, jax.random.split(key, len(draws))):
+      x = d(k, labels, x)
+    return x
   return draw
 
 
 def generate(trainer, params, cfg: ExperimentConfig, num: int, seed: int = 0,
-             progress: bool = True, desc: str = "sampling"):
-  """Yields (uint8 images, labels) batches until `num` samples; the last batch is trimmed."""
+             progress: bool = True, desc: str = "sampling", lower=()):
+  """Yields (uint8 images, labels) batches until `num` samples; the last batch is trimmed.
+
+  lower: a cascade's lower stages as (trainer, params), base first; trainer, params and cfg are
+  then its last super-resolution stage.
+  """
   from tqdm.auto import tqdm
   bs = min(cfg.eval.batch_size, num)
-  draw = make_sampler(trainer, params, cfg, bs)
+  if lower:
+    draw = make_cascade_sampler([(t, p, t.cfg) for t, p in lower] + [(trainer, params, cfg)], bs)
+  else:
+    draw = make_sampler(trainer, params, cfg, bs)
   labels_all = class_labels(-(-num // bs) * bs, cfg.model.num_classes, seed)
   key = jax.random.fold_in(jax.random.key(cfg.train.seed), 2 + seed)
   done = 0
@@ -129,22 +166,45 @@ def train_speed(rows: list[dict]) -> Optional[float]:
   return float(np.median(v)) if v else None
 
 
+def training_speed(stages) -> Optional[float]:
+  """Training images per second of (TrainResult, train rows) stages; a cascade's stages add up
+  as seconds per image, so that it reads as images (of every stage) per second of training."""
+  speeds = [train_speed(list(rows)) or r.images_per_s or None for r, rows in stages]
+  if len(speeds) == 1:
+    return speeds[0]
+  if not all(speeds):
+    return None
+  imgs = [r.trainer.cfg.train.steps * r.trainer.cfg.train.batch_size for r, _ in stages]
+  return sum(imgs) / sum(i / v for i, v in zip(imgs, speeds))
+
+
 def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[dict] = (),
-                 progress: bool = True) -> dict:
-  """Samples with the EMA parameters, writes samples.png and returns the run's figures."""
+                 progress: bool = True, lower=()) -> dict:
+  """Samples with the EMA parameters, writes samples.png and returns the run's figures.
+
+  lower: a cascade's lower stages as (TrainResult, train rows), base first, `result` being its
+  last stage; params and train_time_s are then sums over the stages.
+  """
   from core.fid import compute_stats, fid_from_stats, inception_score
   trainer, state = result.trainer, result.state
+  stages = [*lower, (result, train_rows)]
   ev = cfg.eval
   n = ev.num_samples if ev.fid else ev.grid_size
-  params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+  params = sum(int(np.prod(x.shape)) for r, _ in stages for x in jax.tree.leaves(r.state.params))
   out = {"params": params, "step": int(state.step), "steps": cfg.train.steps,
-         "train_img_per_s": train_speed(list(train_rows)) or result.images_per_s or None,
-         "train_time_s": result.train_time_s, "guidance_scale": cfg.sampler.guidance_scale,
+         "train_img_per_s": training_speed(stages),
+         "train_time_s": sum(r.train_time_s for r, _ in stages),
+         "guidance_scale": cfg.sampler.guidance_scale,
          "num_samples": n, "fid_train": None, "fid_eval": None, "is_mean": None, "is_std": None}
+  if cfg.cond.task == "super_res":
+    out["cond_s"] = cfg.sampler.cond_s
+  if lower:
+    out["stages"] = [r.trainer.cfg.resolution for r, _ in stages]
   ext = inception_extractor(ev.inception_weights) if ev.fid else None
   want_logits = bool(ev.fid and ev.compute_is and ext.has_logits)
   grid, feats, logits = [], [], []
-  for imgs, _ in generate(trainer, state.ema_params, cfg, n, seed=ev.seed, progress=progress):
+  for imgs, _ in generate(trainer, state.ema_params, cfg, n, seed=ev.seed, progress=progress,
+                          lower=[(r.trainer, r.state.ema_params) for r, _ in lower]):
     if sum(len(g) for g in grid) < ev.grid_size:
       grid.append(imgs[:ev.grid_size - sum(len(g) for g in grid)])
     if ext is not None:

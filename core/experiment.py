@@ -23,4 +23,7 @@ def resolve(d: dict[str, Any]) -> ExperimentConfig:
     model = deep_merge(base, model)
   if model:
     d["model"] = model
-  return from_dict(ExperimentConfig, d)
+  cfg = from_dict(ExperimentConfig, d)
+  from core.conditioning import validate
+  validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
+  return cfg

@@ -2,8 +2,9 @@
 
 * features: pool_3 of the 2015-12-05 Inception graph (core/inception.py), from uint8 images;
 * statistics: mean and unbiased covariance in float64, with the sample count;
-* FID: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64 with scipy.linalg.sqrtm
-  (pytorch-fid's formula; TF-GAN's SVD route gives the same value to ~1e-9 relative);
+* FID: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, the trace of the square root
+  by TF-GAN's symmetric route (trace_sqrt_product); pytorch-fid's scipy.linalg.sqrtm of the
+  product gives the same value to ~1e-9 relative, 5x slower;
 * IS: exp(E_x KL(p(y|x) || p(y))) from the 1008 logits, TF-GAN's classifier_score_from_logits on
   each of 10 equal splits, reported as mean +- std over the splits.
 """
@@ -15,12 +16,10 @@ import queue
 import re
 import sys
 import threading
-import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import scipy.linalg
 import scipy.special
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -38,26 +37,36 @@ def compute_stats(features) -> dict:
   return {"mu": f.mean(axis=0), "sigma": np.cov(f, rowvar=False), "count": len(f)}
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
-  """Frechet distance between two Gaussians, in float64 (pytorch-fid's procedure)."""
+def _sqrt_psd(sigma):
+  """Square root of a symmetric PSD matrix by eigendecomposition (round-off negatives -> 0)."""
+  w, v = np.linalg.eigh(sigma)
+  return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
+
+
+def trace_sqrt_product(sigma1, sigma2) -> float:
+  """Tr sqrtm(S1 S2) as TF-GAN's trace_sqrt_product computes it: sqrtm(S1 S2) is similar to
+  sqrtm(A S2 A) with A = sqrtm(S1), a symmetric PSD matrix, so the trace is the sum of the
+  square roots of its eigenvalues. Symmetric eigensolvers make this ~5x faster than
+  scipy.linalg.sqrtm of the (non-symmetric) product at D = 2048, and singular covariances
+  (fewer samples than dimensions) need no diagonal offset."""
+  a = _sqrt_psd(sigma1)
+  m = a @ sigma2 @ a
+  ev = np.linalg.eigvalsh((m + m.T) / 2)
+  return float(np.sqrt(np.maximum(ev, 0.0)).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """Frechet distance between two Gaussians, in float64:
+  |mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr sqrtm(S1 S2)."""
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
     raise ValueError(f"statistics differ in shape: {mu1.shape}/{sigma1.shape} vs {mu2.shape}/{sigma2.shape}")
+  if not (np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+    raise ValueError("FID: a covariance holds NaN or inf")
   diff = mu1 - mu2
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    # Singular product (fewer samples than dimensions): offset the diagonals, as pytorch-fid does.
-    warnings.warn(f"FID: sqrtm of a singular product; adding {eps} to the covariance diagonals")
-    offset = np.eye(len(sigma1)) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    # Round-off gives tiny imaginary parts; large ones mean the statistics are broken.
-    imag = np.max(np.abs(np.diagonal(covmean).imag))
-    if imag > 1e-3:
-      raise ValueError(f"FID: sqrtm has an imaginary component of {imag:.3g}")
-    covmean = covmean.real
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2)
+               - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
 def fid_from_stats(a: dict, b: dict) -> float:
@@ -272,6 +281,15 @@ class Source:
     return iterate_arrays(self.images[:num], batch_size)
 
 
+def subset(items, num: int | None):
+  """`num` items drawn at random (seed 0, order kept): a class-sorted folder cut to its first
+  `num` files would hold only its first classes and inflate the FID."""
+  if num is None or num >= len(items):
+    return items
+  keep = np.sort(np.random.default_rng(0).choice(len(items), num, replace=False))
+  return [items[i] for i in keep] if isinstance(items, list) else items[keep]
+
+
 def open_source(path, num: int | None = None) -> Source:
   """An image folder, an .npz of images, or a statistics .npz. Errors name the path."""
   p = Path(path)
@@ -281,7 +299,7 @@ def open_source(path, num: int | None = None) -> Source:
     files = list_images(p)
     if not files:
       raise ValueError(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} images in this folder")
-    return Source(p, files=files[:num])
+    return Source(p, files=subset(files, num))
   if p.suffix.lower() == ".npz":
     try:
       data = load_npz(p)
@@ -290,7 +308,7 @@ def open_source(path, num: int | None = None) -> Source:
     if "images" in data:
       if len(data["images"]) == 0:
         raise ValueError(f"{path}: holds no images")
-      return Source(p, images=data["images"][:num])
+      return Source(p, images=data["images"][subset(np.arange(len(data["images"])), num)])
     return Source(p, stats=data)
   if p.suffix.lower() in IMAGE_EXTENSIONS:
     return Source(p, files=[p])

@@ -70,8 +70,12 @@ def guided_v(model_fn: ModelFn, z, logsnr, labels, t, cfg: SamplerConfig):
 
 
 def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig,
-           labels=None, return_trajectory: bool = False):
-  """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x)."""
+           labels=None, return_trajectory: bool = False, t_end: float = 0.0):
+  """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x).
+
+  t_end > 0 stops at t_end and returns z_{t_end} instead (CDM's truncated conditioning
+  augmentation, SPEC section 4).
+  """
   step_fn = SAMPLERS.get(cfg.name)(cfg)
   n = shape[0]
   k_init, k_steps = jax.random.split(key)
@@ -79,8 +83,9 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
 
   def body(carry, i):
     z_t, _ = carry
-    t = (cfg.steps - i) / cfg.steps        # i = 0 .. steps-1: t from 1 down to 1/steps
-    s = (cfg.steps - i - 1) / cfg.steps
+    # i = 0 .. steps-1: t from 1 down to t_end + (1 - t_end) / steps
+    t = t_end + (1.0 - t_end) * ((cfg.steps - i) / cfg.steps)
+    s = t_end + (1.0 - t_end) * ((cfg.steps - i - 1) / cfg.steps)
     logsnr_t = jnp.full((n,), schedule(t))
     logsnr_s = jnp.full((n,), schedule(s))
     v = guided_v(model_fn, z_t, logsnr_t, labels, t, cfg).astype(jnp.float32)
@@ -93,5 +98,6 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
     return (z_s, x_hat), (x_hat if return_trajectory else None)
 
   # The output is the last step's x_hat: z_0 of a clipped schedule still holds sigma(0) noise.
-  (_, x), traj = jax.lax.scan(body, (z, jnp.zeros(shape)), jnp.arange(cfg.steps))
+  (z, x), traj = jax.lax.scan(body, (z, jnp.zeros(shape)), jnp.arange(cfg.steps))
+  x = z if t_end > 0 else x
   return (x, traj) if return_trajectory else x

@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from core import data as data_lib
 from core import models
+from core.conditioning import make_task
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
 from core.runio import append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
@@ -94,6 +95,7 @@ class Trainer:
     self.cfg = cfg
     self.mesh = mesh or make_mesh()
     self.model = models.build_model(cfg.model, cfg.resolution)
+    self.task = make_task(cfg)   # extra model inputs, e.g. CDM's low-res image (cond.task)
     self.schedule = make_schedule(cfg.schedule, cfg.resolution)
     self.optimizer = make_optimizer(cfg.optim)
     self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
@@ -119,7 +121,8 @@ class Trainer:
 
   def loss(self, params, batch, key):
     """The training loss of one batch; `key` is the step's key."""
-    k_loss, k_drop, k_label = jax.random.split(key, 3)
+    # split(key, 4)[:3] equals split(key, 3) with JAX's partitionable threefry (the default).
+    k_loss, k_drop, k_label, k_cond = jax.random.split(key, 4)
     labels = batch.get("label")
     nc = self.cfg.model.num_classes
     if labels is not None and nc > 0 and self.cfg.train.label_dropout > 0:
@@ -127,7 +130,9 @@ class Trainer:
       labels = jnp.where(drop, -1, labels)
     elif nc == 0:
       labels = None
-    denoise = lambda z, logsnr: self.apply(params, z, logsnr, labels, train=True, rng=k_drop)
+    cond = self.task.train(batch, k_cond)
+    denoise = lambda z, logsnr: self.apply(params, z, logsnr, labels, train=True, rng=k_drop,
+                                           **cond)
     return diffusion_loss(denoise, batch["image"], k_loss, self.schedule, self.cfg.loss)
 
   def _step(self, state: TrainState, batch, key):
@@ -158,8 +163,17 @@ class Trainer:
 # Checkpoints
 
 
+_CPU_HANDLER = []
+
+
 def _checkpoint_manager(workdir: str, cfg: ExperimentConfig):
   import orbax.checkpoint as ocp
+  if jax.default_backend() == "cpu" and not _CPU_HANDLER:
+    # CPU devices share host memory, so orbax's replica-parallel saving (its default off GPU)
+    # only adds a compiled slice per array shape: seconds a checkpoint with fake devices.
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    _CPU_HANDLER.append(True)
   opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_ckpts, create=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")), options=opts)
 

@@ -17,7 +17,7 @@ from typing import Optional
 
 from core.config import ConfigError, to_dict
 from core.runio import read_json, read_jsonl, write_json_atomic, write_yaml_atomic
-from sweeps.spec import RunSpec, expand, parse_overrides
+from sweeps.spec import RunSpec, expand, parse_overrides, train_key
 
 
 def sweep_dir(results: str, meta: dict) -> str:
@@ -55,19 +55,30 @@ def preflight(runs: list[RunSpec]) -> None:
 
 
 def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
-  """Trains (or resumes) and evaluates one run; returns its eval figures."""
+  """Trains (or resumes) and evaluates one run; returns its eval figures.
+
+  A cascade (cascade.stages) trains each stage as an ordinary run of its own config, then
+  samples through the stages; metrics.jsonl is the last stage's, metrics_stage<i>.jsonl the
+  lower ones'.
+  """
+  from core.cdm import stage_configs
   from core.evaluate import evaluate_run
   from core.train import train
   run_dir = os.path.join(sdir, r.run_id)
   os.makedirs(run_dir, exist_ok=True)
   write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
   set_status(run_dir, "running", step=0)
-  # Runs that differ only in sampling share one trained model (e.g. guidance scales).
-  model_dir = os.path.join(sdir, "_models", r.train_key)
-  result = train(r.config, model_dir)
-  rows = read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
-  shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, "metrics.jsonl"))
-  figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress)
+  # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
+  configs, stages = stage_configs(r.config), []
+  for i, c in enumerate(configs):
+    model_dir = os.path.join(sdir, "_models", train_key(c))
+    result = train(c, model_dir)
+    name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
+    shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
+    stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
+  (result, rows), lower = stages[-1], stages[:-1]
+  figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
+                         lower=lower)
   write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
   set_status(run_dir, "done", step=int(result.state.step))
   return figures
@@ -106,7 +117,13 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--tpu-commands", action="store_true",
                   help="print the per-host command of each run for a TPU VM pod slice")
   ap.add_argument("--no-progress", action="store_true")
-  args = ap.parse_args(argv)
+  ap.add_argument("--launcher", default="",
+                  help="run through a Hydra launcher plugin: basic, joblib (local processes), "
+                       "submitit_slurm, submitit_local; one job per trained model")
+  ap.add_argument("--launcher-arg", action="append", default=[],
+                  help="Hydra override for the launcher, e.g. hydra.launcher.n_jobs=2 or "
+                       "hydra.launcher.partition=gpu (repeatable)")
+  args = ap.parse_intermixed_args(argv)  # options may follow key=value overrides
   try:
     opts, over = parse_overrides(args.overrides)
     meta, runs = expand(args.file, opts.get("tier", "paper"), over, opts.get("seeds"))
@@ -118,6 +135,9 @@ def main(argv: Optional[list[str]] = None) -> int:
       print("\n".join(tpu_commands(args.file, meta, runs, args.overrides[:0] + [
           o for o in args.overrides if not o.startswith(("tier=",))])))
       return 0
+    if args.launcher:
+      from sweeps.launch import check_launcher
+      check_launcher(args.launcher)
     if args.dry_run:
       import yaml
       for r in runs:
@@ -140,16 +160,36 @@ def main(argv: Optional[list[str]] = None) -> int:
     meta = {**meta, "runs": old["runs"]}
   write_json_atomic(os.path.join(sdir, "sweep.json"), meta)
   t0 = time.time()
+  if args.launcher:
+    from sweeps.launch import launch
+    launch(args.launcher, args.launcher_arg, sdir, args.file, args.overrides,
+           [r for r in runs if not is_done(sdir, r)])
+    failed = sum((read_json(os.path.join(sdir, r.run_id, "status.json")) or {}).get("state")
+                 != "done" for r in runs)
+  else:
+    failed = run_all(runs, sdir, progress=not args.no_progress)
+  print(f"\n{meta['title']} — tier {meta['tier']}, {time.time() - t0:.0f} s\n")
+  print(summary_table(meta, sdir))
+  return 1 if failed else 0
+
+
+def is_done(sdir: str, r: RunSpec) -> bool:
+  rd = os.path.join(sdir, r.run_id)
+  st = read_json(os.path.join(rd, "status.json")) or {}
+  return st.get("state") == "done" and os.path.exists(os.path.join(rd, "eval.json"))
+
+
+def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
+  """Runs (or skips, when finished) each run in order; returns the number that failed."""
   failed = 0
   for i, r in enumerate(runs):
     rd = os.path.join(sdir, r.run_id)
-    st = read_json(os.path.join(rd, "status.json")) or {}
-    if st.get("state") == "done" and os.path.exists(os.path.join(rd, "eval.json")):
+    if is_done(sdir, r):
       print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
       continue
     print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)", flush=True)
     try:
-      run_one(r, sdir, progress=not args.no_progress)
+      run_one(r, sdir, progress=progress)
     except KeyboardInterrupt:
       set_status(rd, "failed", error="interrupted")
       raise
@@ -161,9 +201,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         f.write(traceback.format_exc())
       set_status(rd, "failed", error=err)
       print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
-  print(f"\n{meta['title']} — tier {meta['tier']}, {time.time() - t0:.0f} s\n")
-  print(summary_table(meta, sdir))
-  return 1 if failed else 0
+  return failed
 
 
 if __name__ == "__main__":

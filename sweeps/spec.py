@@ -38,7 +38,8 @@ from core.experiment import resolve
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
 RES_KEYS = ("resolution", "schedule.noise_d", "schedule.noise_d_low", "schedule.noise_d_high",
-            "loss.multiscale_base", "model.dropout_max_res")
+            "loss.multiscale_base", "model.dropout_max_res", "cond.low_resolution",
+            "cascade.stages")
 FILE_KEYS = {"name", "table", "title", "description", "reference", "seeds", "base", "arms",
              "grid", "grid_label", "tiers"}
 
@@ -132,9 +133,10 @@ def _scale_values(flat: dict[str, Any], scale: int, where: str,
   for k in RES_KEYS:
     if k in out and k not in skip and scale != 1:
       v = out[k]
-      if not isinstance(v, int) or v % scale:
+      vs = v if isinstance(v, list) else [v]   # cascade.stages is a list of resolutions
+      if not all(isinstance(x, int) and x % scale == 0 for x in vs):
         raise ConfigError(f"{where}: {k}={v!r} cannot be divided by the tier scale {scale}")
-      out[k] = v // scale
+      out[k] = [x // scale for x in v] if isinstance(v, list) else v // scale
   return out
 
 
@@ -156,6 +158,9 @@ def train_key(cfg: ExperimentConfig) -> str:
   d = to_dict(cfg)
   for k in ("sampler", "eval", "name"):
     d.pop(k)
+  for k in ("cond", "cascade"):   # sections added later count only when set: old keys hold
+    if d[k] == to_dict(getattr(ExperimentConfig(), k)):
+      d.pop(k)
   return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -9,3 +9,10 @@ for _f in ("--xla_force_host_platform_device_count=8", "--xla_backend_optimizati
     _flags += " " + _f
 os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache per test session, shared with the subprocesses that tests
+# start: runs of the same tiny config in several tests (and a resumed sweep) compile once.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="simplediff-jax-cache-")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from core import data
+from core.fid import subset
 from core.config import ConfigError, DataConfig
 from core.shapes import KINDS, ShapesSource
 
@@ -247,7 +248,11 @@ def test_eval_order_and_uint8():
   assert np.allclose(np.concatenate([b["image"] for b in bs]), want, atol=1e-6)
   got = list(data.iterate_uint8(SHAPES, 16, "train", 37, 16))
   assert [len(g) for g in got] == [16, 16, 5] and got[0].dtype == np.uint8
-  assert np.array_equal(np.concatenate(got), np.stack([src[i]["image"] for i in range(37)]))
+  # 37 of 40: fid.subset's fixed random draw, in index order (not the first 37 of a sorted folder)
+  keep = subset(np.arange(40), 37)
+  assert len(set(keep.tolist())) == 37 and list(keep) == sorted(keep) and keep.max() > 36
+  assert np.array_equal(np.concatenate(got), np.stack([src[int(i)]["image"] for i in keep]))
+  assert [len(g) for g in data.iterate_uint8(SHAPES, 16, "train", 40, 16)] == [16, 16, 8]
 
 
 def test_process_sharding_partitions_the_global_batch():

@@ -261,8 +261,14 @@ def test_fid_properties():
   sa = F.compute_stats(a)
   assert sa["count"] == 400 and sa["mu"].dtype == np.float64 and sa["sigma"].shape == (32, 32)
   # Fewer samples than dimensions: singular covariances still give a finite value.
-  with np.errstate(all="ignore"):
-    assert np.isfinite(F.fid_from_features(a[:10], b[:10]))
+  assert np.isfinite(F.fid_from_features(a[:10], b[:10])) and F.fid_from_features(a[:10], a[:10]) < 1e-6
+  # The symmetric route equals pytorch-fid's trace of scipy.linalg.sqrtm of the product.
+  import scipy.linalg
+  sb = F.compute_stats(b)
+  want = np.trace(scipy.linalg.sqrtm(sa["sigma"] @ sb["sigma"])).real
+  np.testing.assert_allclose(F.trace_sqrt_product(sa["sigma"], sb["sigma"]), want, rtol=1e-10)
+  with pytest.raises(ValueError, match="NaN"):
+    F.frechet_distance(sa["mu"], sa["sigma"] * np.nan, sb["mu"], sb["sigma"])
 
 
 def test_inception_score_properties():
@@ -350,8 +356,9 @@ def test_cli_errors(tmp_path, capsys, fake_weights_file):
 
 
 def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
-  _write_images(tmp_path / "a", 6, seed=1, ext=".jpg")
-  np.savez(tmp_path / "b.npz", images=np.random.default_rng(2).integers(0, 256, (5, 48, 48, 3), dtype=np.uint8))
+  # One network batch per set: the CLI path is what is tested here, not the figure.
+  _write_images(tmp_path / "a", 4, seed=1, ext=".jpg")
+  np.savez(tmp_path / "b.npz", images=np.random.default_rng(2).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8))
   rc, out, err = _cli([str(tmp_path / "a"), str(tmp_path / "b.npz"), "--batch-size", str(BATCH),
                        "--weights", str(fake_weights_file), "--save-stats", str(tmp_path / "sa.npz"),
                        "--save-stats-b", str(tmp_path / "sb.npz"), "--quiet"], capsys)
@@ -361,7 +368,7 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
   # The saved statistics reproduce the figure without the network.
   rc, out2, _ = _cli([str(tmp_path / "sb.npz"), str(tmp_path / "sa.npz")], capsys)
   assert rc == 0 and float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
-  assert F.load_stats(tmp_path / "sa.npz")["count"] == 6
+  assert F.load_stats(tmp_path / "sa.npz")["count"] == 4
 
 
 @pytest.mark.slow

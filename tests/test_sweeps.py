@@ -26,7 +26,7 @@ def _by(runs, group, arm):
 @pytest.mark.parametrize("tier", TIERS)
 def test_every_sweep_file_expands_and_validates_at_every_tier(tier):
   from core.models import build_model
-  assert len(FILES) == 8
+  assert len(FILES) == 9
   for f in FILES:
     meta, runs = expand(f, tier)
     assert runs and meta["table"]
@@ -92,26 +92,36 @@ def _run(argv, capsys=None):
   return code
 
 
-def test_every_ablation_file_end_to_end_at_smoke(tmp_path, monkeypatch):
-  """Each file through the runner into results: two arms of each (all arms: the slow test)."""
+# cascade.yaml's runs end to end: tests/test_cdm.py (its first arm is a plain U-Net run).
+E2E = [f for f in FILES if os.path.basename(f) != "cascade.yaml"]
+
+
+@pytest.mark.parametrize("f", E2E, ids=lambda f: os.path.basename(f))
+def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
+  """Each file through the runner into results: its first run, and for guidance.yaml a second
+  that shares its trained model; every arm of every file is the slow test below."""
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   res = str(tmp_path / "results")
-  for f in FILES:
-    _, runs = expand(f, "smoke")
-    only = [r.run_id for r in runs[:2]]
-    args = [f, "tier=smoke", "--results", res, "--no-progress",
-            f"eval.stats_dir={tmp_path / 'stats'}"] + sum([["--only", o] for o in only], [])
-    assert runner.main(args) == 0, f
-    name = yaml.safe_load(open(f))["name"]
-    sweep = read_json(os.path.join(res, f"{name}_smoke", "sweep.json"))
-    assert sweep["tier"] == "smoke" and len(sweep["runs"]) == len(runs)
-    for rid in only:
-      rd = os.path.join(res, f"{name}_smoke", rid)
-      assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
-      ev = read_json(os.path.join(rd, "eval.json"))
-      assert ev["fid_train"] is not None and ev["fid_train"] >= 0 and ev["params"] > 0
-      assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
-      assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
+  _, runs = expand(f, "smoke")
+  shared = 2 if os.path.basename(f) == "guidance.yaml" else 1
+  only = [r.run_id for r in runs if r.train_key == runs[0].train_key][:shared]
+  assert len(only) == shared
+  # FID and IS through the runner here; elsewhere the same code path only costs test time.
+  fid = os.path.basename(f) in ("noise_shift.yaml", "guidance.yaml")
+  args = [f, "tier=smoke", "--results", res, "--no-progress", f"eval.fid={str(fid).lower()}",
+          f"eval.stats_dir={tmp_path / 'stats'}"] + sum([["--only", o] for o in only], [])
+  assert runner.main(args) == 0, f
+  name = yaml.safe_load(open(f))["name"]
+  sweep = read_json(os.path.join(res, f"{name}_smoke", "sweep.json"))
+  assert sweep["tier"] == "smoke" and len(sweep["runs"]) == len(runs)
+  for rid in only:
+    rd = os.path.join(res, f"{name}_smoke", rid)
+    assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
+    ev = read_json(os.path.join(rd, "eval.json"))
+    assert ev["params"] > 0 and (ev["fid_train"] >= 0 if fid else ev["fid_train"] is None)
+    assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
+    assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
+  assert len(os.listdir(os.path.join(res, f"{name}_smoke", "_models"))) == 1  # trained once
 
 
 @pytest.mark.slow
@@ -182,3 +192,26 @@ def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
     assert steps == [1, 2], (rid, steps)
   assert sorted(os.listdir(sdir)) == sorted(["128-none-s0", "128-r=128-s0", "128-r=64-s0",
                                              "_models", "sweep.json"])
+
+
+@pytest.mark.parametrize("launcher", ["joblib"])
+def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
+  """One Hydra job per trained model, in parallel processes; results land as in-process."""
+  sweep = tmp_path / "two.yaml"
+  sweep.write_text(yaml.safe_dump({
+      "name": "two", "table": "x",
+      "base": {"resolution": 16, "model": {"preset": "unet_tiny"},
+               "data": {"source": "shapes", "size": 32},
+               "train": {"batch_size": 8, "steps": 1, "log_every": 1, "ckpt_every": 1, "progress": False},
+               "sampler": {"steps": 2}, "eval": {"fid": False, "grid_size": 4, "batch_size": 4}},
+      # Seeds differ, the compiled programs do not: the second job hits the compilation cache.
+      "arms": [{"label": "a", "set": {"train.seed": 0}}, {"label": "b", "set": {"train.seed": 1}}]}))
+  res = tmp_path / "r"
+  argv = [str(sweep), "--results", str(res), "--no-progress", "--launcher", launcher,
+          "--launcher-arg", "hydra.launcher.n_jobs=2"]
+  assert runner.main(argv) == 0
+  for rid in ("a-s0", "b-s0"):
+    assert read_json(str(res / "two_paper" / rid / "status.json"))["state"] == "done"
+    assert read_json(str(res / "two_paper" / rid / "eval.json"))["step"] == 1
+  assert len(os.listdir(res / "two_paper" / "_models")) == 2
+  assert runner.main(argv[:-4] + ["--launcher", "nope"]) == 2  # unknown launcher: one line

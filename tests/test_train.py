@@ -114,3 +114,28 @@ def test_optimizer_warmup_and_clipping():
   u, s = opt.update({"w": jnp.array([100.0, 0.0, 0.0])}, s, p)
   np.testing.assert_allclose(float(-u["w"][0]), 0.1, rtol=1e-3)  # lr 1/10, Adam step of 1
   assert train_lib.learning_rate(cfg, 5) == 0.5 and train_lib.learning_rate(cfg, 50) == 1.0
+
+
+def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
+  """Two processes of 4 devices each on localhost (the multi-host path of TPU VMs and SLURM)."""
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = str(s.getsockname()[1])
+  worker = os.path.join(os.path.dirname(__file__), "dist_worker.py")
+  procs = [subprocess.Popen([sys.executable, worker, port, str(i), str(tmp_path / f"p{i}.npz")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  for p in procs:
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 0, out[-3000:]
+  tr = Trainer(_cfg(), make_mesh(jax.devices()[:1]))
+  state, m = tr.step(tr.init(jax.random.key(0)), tr.global_batch(_batch()), jax.random.key(1))
+  ref = _leaves(state.params)
+  for i in range(2):
+    got = np.load(tmp_path / f"p{i}.npz")
+    assert abs(float(got["loss"]) - float(m["loss"])) < 1e-5
+    for j, a in enumerate(ref):
+      np.testing.assert_allclose(got[f"p{j}"], a, atol=1e-5)
