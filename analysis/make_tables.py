@@ -10,6 +10,10 @@ Writes <sweep>.md, <sweep>.tex (booktabs) and <sweep>.csv (numbers, not formatte
 RESULTS/tables/ (or --out) and prints the Markdown. A RESULTS folder without any sweep prints
 a one-line note and exits 0 (there is nothing to tabulate yet); a RESULTS path that does not
 exist is an error (exit 2).
+
+Relative training speed: where RESULTS/cost/<sweep>.json exists (python -m analysis.cost), its
+measured step speeds, taken under the same conditions for every arm, replace the runs' own
+img/s (which include data loading and may come from different machines).
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import pandas as pd
 
 from analysis import paper_numbers
 from analysis.results import Sweep, arm_summary, finite, human_count, load_results
-from core.runio import write_text_atomic
+from core.runio import read_json, write_text_atomic
 
 COLUMNS = ["group", "arm", "FID train", "FID eval", "IS", "speed", "params", "seeds", "state"]
 PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
@@ -55,9 +59,31 @@ def wants_paper(sweep: Sweep, with_paper: Optional[bool]) -> bool:
   return sweep.tier == "paper" if with_paper is None else with_paper
 
 
+def cost_path(sweep: Sweep) -> str:
+  return os.path.join(os.path.dirname(os.path.normpath(sweep.path)), "cost", f"{sweep.name}.json")
+
+
+def cost_speeds(sweep: Sweep) -> Optional[dict]:
+  """{(group, arm): speed %} measured by analysis.cost for this sweep, or None without its file."""
+  rep = read_json(cost_path(sweep))
+  if not isinstance(rep, dict) or not isinstance(rep.get("rows"), list):
+    return None
+  speeds = {}
+  for r in (r for r in rep["rows"] if isinstance(r, dict)):
+    v = r.get("speed_pct")   # null where the report only compiled the step
+    for a in r.get("arms") or []:
+      speeds[(str(a.get("group") or ""), str(a.get("arm")))] = \
+          float(v) if finite(v) else math.nan
+  return {"speeds": speeds, "reference": rep.get("reference")}
+
+
 def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   summ = arm_summary(sweep)
   paper = wants_paper(sweep, with_paper)
+  cost = cost_speeds(sweep)
+  if cost is not None:  # the cost file's measured speeds, for every arm whether trained or not
+    summ["speed"] = [cost["speeds"].get((g, a), math.nan)
+                     for g, a in zip(summ["group"], summ["arm"])]
   disp, nums = [], []
   for _, r in summ.iterrows():
     n = r["seeds"]
@@ -67,7 +93,7 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
          "FID train": _fmt(r["fid_train"], spread("fid_train")),
          "FID eval": _fmt(r["fid_eval"], spread("fid_eval")),
          "IS": _fmt(r["is_mean"], is_pm),
-         "speed": _pct(r["speed"]) if n else "",
+         "speed": _pct(r["speed"]) if n or cost is not None else "",
          "params": human_count(r["params"]), "seeds": str(n), "state": r["state"]}
     x = {k: r[k] for k in ("group", "arm", "state", "seeds", "runs", "fid_train",
                            "fid_train_std", "fid_eval", "fid_eval_std", "is_mean",
@@ -86,14 +112,15 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   cols = COLUMNS + (PAPER_COLUMNS if paper else [])
   display = pd.DataFrame(disp, columns=cols)
   numbers = pd.DataFrame(nums)
-  notes = _notes(sweep, summ, paper)
+  notes = _notes(sweep, summ, paper, cost)
   title = f"{sweep.title} — {sweep.name}"
   if sweep.tier:
     title += f" (tier {sweep.tier})"
   return Table(sweep, title, display, numbers, notes, paper)
 
 
-def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool) -> list[str]:
+def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool,
+           cost: Optional[dict] = None) -> list[str]:
   notes = []
   if len(summ) == 0:
     notes.append("sweep.json lists no runs.")
@@ -104,7 +131,11 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool) -> list[str]:
   if ((summ["seeds"] == 1) & summ["is_split_std"].map(finite)).any():
     notes.append("One seed: IS ± is the standard deviation over Inception-score splits.")
   ref = sweep.reference
-  if ref is None:
+  if cost is not None:
+    notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "
+                 f"analysis.cost), relative to {cost['reference'] or 'the first arm of each group'}"
+                 " (= 100%); blank where that report only compiled the step.")
+  elif ref is None:
     notes.append("speed: no reference run in sweep.json, so relative speed is left blank.")
   else:
     refs = summ[summ["is_reference"]]
