@@ -1,0 +1,91 @@
+"""Images per second of a training step, measured side by side in one process.
+
+    python scripts/benchmark_train.py [--steps 10] [--paper unet128] [--skip-paper]
+
+Small presets run the full step of core.train (loss, gradient, Adam, EMA). A paper preset at
+batch 1 runs the loss and gradient only: its Adam moments and EMA (4 more copies of 1-2B
+float32 parameters) do not fit a 24 GB machine beside the gradient; the row says so.
+Ratios against the first row are printed because shared machines are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import numpy as np
+
+
+def _time(fn, steps: int) -> tuple[float, float]:
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  compile_s = time.perf_counter() - t
+  t = time.perf_counter()
+  for _ in range(steps):
+    out = fn()
+  jax.block_until_ready(out)
+  return compile_s, (time.perf_counter() - t) / steps
+
+
+def bench_full_step(preset: str, res: int, batch: int, steps: int) -> dict:
+  from core.experiment import resolve
+  from core.train import Trainer
+  cfg = resolve({"resolution": res, "model": {"preset": preset}, "train": {"batch_size": batch}})
+  tr = Trainer(cfg)
+  state = tr.init(jax.random.key(0))
+  rng = np.random.RandomState(0)
+  b = tr.global_batch({"image": rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32),
+                       "label": (np.arange(batch) % cfg.model.num_classes).astype(np.int32)})
+  holder = {"s": state}
+
+  def step():
+    holder["s"], m = tr.step(holder["s"], b, jax.random.key(1))
+    return m["loss"]
+  c, dt = _time(step, steps)
+  return {"what": f"{preset} @{res} batch {batch}, full step", "compile_s": c, "step_s": dt,
+          "img_s": batch / dt}
+
+
+def bench_grad_only(preset: str, res: int, batch: int, steps: int) -> dict:
+  from core.config import LossConfig, ScheduleConfig
+  from core.diffusion import diffusion_loss
+  from core.models import build_model, init_params, preset as get_preset
+  from core.schedules import make_schedule
+  cfg = get_preset(preset)
+  model = build_model(cfg, res)
+  params = init_params(cfg, res, jax.random.key(0))
+  sched = make_schedule(ScheduleConfig(name="shifted"), res)
+  x = jax.numpy.zeros((batch, res, res, 3))
+  y = jax.numpy.zeros((batch,), jax.numpy.int32)
+
+  @jax.jit
+  def grad(p, key):
+    return jax.grad(lambda p: diffusion_loss(
+        lambda z, l: model.apply({"params": p}, z, l, y, train=True, rngs={"dropout": key}),
+        x, key, sched, LossConfig())[0])(p)
+  c, dt = _time(lambda: grad(params, jax.random.key(1)), steps)
+  return {"what": f"{preset} @{res} batch {batch}, loss+gradient only", "compile_s": c,
+          "step_s": dt, "img_s": batch / dt}
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--steps", type=int, default=10)
+  ap.add_argument("--paper", default="unet128")
+  ap.add_argument("--skip-paper", action="store_true")
+  a = ap.parse_args()
+  print(f"devices: {jax.devices()}")
+  rows = [bench_full_step("unet_tiny", 32, 32, a.steps), bench_full_step("uvit_tiny", 32, 32, a.steps),
+          bench_full_step("unet_small", 32, 32, a.steps), bench_full_step("uvit_small", 32, 32, a.steps)]
+  if not a.skip_paper:
+    from core.models import PAPER_RESOLUTIONS
+    rows.append(bench_grad_only(a.paper, PAPER_RESOLUTIONS[a.paper], 1, max(2, a.steps // 5)))
+  ref = rows[0]["img_s"]
+  print(f"{'configuration':48s} {'compile s':>9s} {'step s':>8s} {'img/s':>9s} {'vs first':>8s}")
+  for r in rows:
+    print(f"{r['what']:48s} {r['compile_s']:9.1f} {r['step_s']:8.4f} {r['img_s']:9.2f} "
+          f"{r['img_s'] / ref:8.3f}")
+
+
+if __name__ == "__main__":
+  main()
