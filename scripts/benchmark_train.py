@@ -1,6 +1,6 @@
 """Images per second of a training step, measured side by side in one process.
 
-    python scripts/benchmark_train.py [--steps 10] [--paper unet128] [--skip-paper]
+    python scripts/benchmark_train.py [--steps 10] [--paper unet128] [--skip-paper | --skip-small]
 
 Small presets run the full step of core.train (loss, gradient, Adam, EMA). A paper preset at
 batch 1 runs the loss and gradient only: its Adam moments and EMA (4 more copies of 1-2B
@@ -73,10 +73,11 @@ def main() -> None:
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--paper", default="unet128")
   ap.add_argument("--skip-paper", action="store_true")
+  ap.add_argument("--skip-small", action="store_true", help="the paper preset's row only")
   a = ap.parse_args()
   print(f"devices: {jax.devices()}")
-  rows = [bench_full_step("unet_tiny", 32, 32, a.steps), bench_full_step("uvit_tiny", 32, 32, a.steps),
-          bench_full_step("unet_small", 32, 32, a.steps), bench_full_step("uvit_small", 32, 32, a.steps)]
+  rows = [] if a.skip_small else [
+      bench_full_step(p, 32, 32, a.steps) for p in ("unet_tiny", "uvit_tiny", "unet_small", "uvit_small")]
   if not a.skip_paper:
     from core.models import PAPER_RESOLUTIONS
     rows.append(bench_grad_only(a.paper, PAPER_RESOLUTIONS[a.paper], 1, max(2, a.steps // 5)))
