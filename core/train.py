@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -171,8 +172,14 @@ def _checkpoint_manager(workdir: str, cfg: ExperimentConfig):
   if jax.default_backend() == "cpu" and not _CPU_HANDLER:
     # CPU devices share host memory, so orbax's replica-parallel saving (its default off GPU)
     # only adds a compiled slice per array shape: seconds a checkpoint with fake devices.
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    absl_log = logging.getLogger("absl")  # its "overriding jax.Array" warning is this choice
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    finally:
+      absl_log.setLevel(level)
     _CPU_HANDLER.append(True)
   opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_ckpts, create=True)
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")), options=opts)
