@@ -13,7 +13,6 @@ import argparse
 import time
 
 import jax
-import numpy as np
 
 
 def _time(fn, steps: int) -> tuple[float, float]:
@@ -28,22 +27,16 @@ def _time(fn, steps: int) -> tuple[float, float]:
 
 
 def bench_full_step(preset: str, res: int, batch: int, steps: int) -> dict:
+  from analysis.cost import CostOptions, measure_step
   from core.experiment import resolve
   from core.train import Trainer
   cfg = resolve({"resolution": res, "model": {"preset": preset}, "train": {"batch_size": batch}})
   tr = Trainer(cfg)
-  state = tr.init(jax.random.key(0))
-  rng = np.random.RandomState(0)
-  b = tr.global_batch({"image": rng.uniform(-1, 1, (batch, res, res, 3)).astype(np.float32),
-                       "label": (np.arange(batch) % cfg.model.num_classes).astype(np.int32)})
-  holder = {"s": state}
-
-  def step():
-    holder["s"], m = tr.step(holder["s"], b, jax.random.key(1))
-    return m["loss"]
-  c, dt = _time(step, steps)
-  return {"what": f"{preset} @{res} batch {batch}, full step", "compile_s": c, "step_s": dt,
-          "img_s": batch / dt}
+  # The first (warm-up) call compiles: its time is the compile time plus one step.
+  out = measure_step(tr, tr.step, batch, CostOptions(measure_steps=steps, warmup=1,
+                                                    max_measure_s=1e9))
+  return {"what": f"{preset} @{res} batch {batch}, full step", "compile_s": out["warmup_step_s"],
+          "step_s": out["step_s"], "img_s": out["img_per_s"]}
 
 
 def bench_grad_only(preset: str, res: int, batch: int, steps: int) -> dict:

@@ -147,16 +147,19 @@ def test_bad_input_fails_before_training_with_one_line(tmp_path, capsys):
   assert not os.path.exists(res)  # nothing started
 
 
+# A one-step tiny run without FID: the base of the sweep files these tests write.
+MINI_BASE = {"resolution": 16, "model": {"preset": "unet_tiny"}, "data": {"source": "shapes", "size": 32},
+             "train": {"batch_size": 8, "steps": 1, "log_every": 1, "ckpt_every": 1, "progress": False},
+             "sampler": {"steps": 2}, "eval": {"fid": False, "grid_size": 4, "batch_size": 4}}
+
+
 def test_failed_run_is_recorded_and_sweep_goes_on(tmp_path):
   empty = tmp_path / "empty_folder"
   empty.mkdir()
   sweep = tmp_path / "mini.yaml"
   sweep.write_text(yaml.safe_dump({
       "name": "mini", "table": "x",
-      "base": {"resolution": 16, "model": {"preset": "unet_tiny"},
-               "data": {"source": "shapes", "size": 32},
-               "train": {"batch_size": 8, "steps": 1, "log_every": 1, "ckpt_every": 1, "progress": False},
-               "sampler": {"steps": 2}, "eval": {"fid": False, "grid_size": 4, "batch_size": 4}},
+      "base": MINI_BASE,
       "arms": [{"label": "bad", "set": {"data.source": "folder", "data.path": str(empty)}},
                {"label": "good"}]}))
   assert runner.main([str(sweep), "--results", str(tmp_path / "r"), "--no-progress"]) == 1
@@ -200,10 +203,7 @@ def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
   sweep = tmp_path / "two.yaml"
   sweep.write_text(yaml.safe_dump({
       "name": "two", "table": "x",
-      "base": {"resolution": 16, "model": {"preset": "unet_tiny"},
-               "data": {"source": "shapes", "size": 32},
-               "train": {"batch_size": 8, "steps": 1, "log_every": 1, "ckpt_every": 1, "progress": False},
-               "sampler": {"steps": 2}, "eval": {"fid": False, "grid_size": 4, "batch_size": 4}},
+      "base": MINI_BASE,
       # Seeds differ, the compiled programs do not: the second job hits the compilation cache.
       "arms": [{"label": "a", "set": {"train.seed": 0}}, {"label": "b", "set": {"train.seed": 1}}]}))
   res = tmp_path / "r"
