@@ -3,8 +3,9 @@
 One paper-style table per sweep folder under RESULTS (a folder holding a sweep.json; other
 folders are ignored): rows are the arms in sweep.json order, grouped by `group`; columns FID
 train, FID eval, IS, relative training speed, parameters, finished seeds and state. Arms with
-no finished run show their state ("running", "failed: <error>", "missing", "pending") instead
-of numbers. At tier "paper" (or with --with-paper) the paper's numbers stand beside ours.
+no finished run show their state ("running", "failed: <error>", "killed: ...", "missing",
+"pending") instead of numbers. At tier "paper" (or with --with-paper) the paper's numbers
+stand beside ours.
 
 Writes <sweep>.md, <sweep>.tex (booktabs) and <sweep>.csv (numbers, not formatted) into
 RESULTS/tables/ (or --out) and prints the Markdown. A RESULTS folder without any sweep prints

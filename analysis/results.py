@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 
-from core.runio import read_json, read_jsonl
+from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "is_mean", "is_std", "num_samples", "params",
              "train_img_per_s", "train_time_s", "steps", "guidance_scale")
@@ -98,8 +98,9 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
     ev = read_json(os.path.join(d, "eval.json"))
     ev = ev if isinstance(ev, dict) else None
     if isinstance(st, dict) and st.get("state"):
-      state = str(st["state"])
-      row["error"] = st.get("error")
+      state = run_state(st)
+      row["error"] = st.get("error") or ("process gone; run the same command to resume"
+                                         if state == "killed" else None)
       row["step"] = _num(st.get("step"))
     else:
       state = "done" if ev is not None else "pending"
@@ -167,10 +168,10 @@ def arm_order(runs: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _state_text(sub: pd.DataFrame) -> str:
-  """One arm's state: "done", "running", "failed: <error>", or counts when mixed."""
+  """One arm's state: "done", "running", "failed: <error>", "killed: ...", or counts when mixed."""
   def one(state, err):
-    if state == "failed":
-      return f"failed: {short_error(err)}"
+    if state in ("failed", "killed"):
+      return f"{state}: {short_error(err)}"
     return state
   labels = []
   for _, r in sub.iterrows():

@@ -64,3 +64,30 @@ def read_json(path: str, default: Any = None) -> Any:
       return json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
     return default
+
+
+def owner() -> dict:
+  """Who is writing a run: recorded in status.json so a reader can tell a killed run."""
+  import socket
+  return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def run_state(status: Any) -> str:
+  """status.json's state, except that a "running" run whose process on this host is gone reads
+  "killed" (SIGKILL and the OOM killer leave no chance to write "failed"). A reused pid can
+  make a dead run look alive; never the reverse."""
+  if not isinstance(status, dict) or not status.get("state"):
+    return "pending"
+  state = str(status["state"])
+  if state != "running" or not isinstance(status.get("pid"), int):
+    return state
+  import socket
+  if status.get("host") != socket.gethostname():
+    return state  # another machine's process: cannot tell from here
+  try:
+    os.kill(status["pid"], 0)
+  except ProcessLookupError:
+    return "killed"
+  except PermissionError:
+    pass  # alive, another user's
+  return state

@@ -234,10 +234,12 @@ def _maybe_init_distributed(cfg: ExperimentConfig) -> None:
 
 
 def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
-          stop_after: Optional[int] = None, log: Callable[[str], None] = print) -> TrainResult:
+          stop_after: Optional[int] = None, log: Callable[[str], None] = print,
+          on_log: Optional[Callable[[dict], None]] = None) -> TrainResult:
   """Trains to cfg.train.steps, resuming from workdir's newest checkpoint.
 
   stop_after: return after this many steps of this call (to test interruption).
+  on_log: called on process 0 with each metrics row as it is written.
   """
   _maybe_init_distributed(cfg)
   is_main = jax.process_index() == 0
@@ -304,6 +306,8 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
              "lr": learning_rate(cfg.optim, step), "img_per_s": ips, "time": time.time()}
       if is_main:
         append_jsonl(metrics_path, row)
+        if on_log is not None:
+          on_log(row)
       bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
     if ckpt_due:
       save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it))

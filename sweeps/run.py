@@ -16,7 +16,8 @@ import traceback
 from typing import Optional
 
 from core.config import ConfigError, to_dict
-from core.runio import read_json, read_jsonl, write_json_atomic, write_yaml_atomic
+from core.runio import (owner, read_json, read_jsonl, run_state, write_json_atomic,
+                        write_yaml_atomic)
 from sweeps.spec import RunSpec, expand, parse_overrides, train_key
 
 
@@ -67,16 +68,23 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
   run_dir = os.path.join(sdir, r.run_id)
   os.makedirs(run_dir, exist_ok=True)
   write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
-  set_status(run_dir, "running", step=0)
-  # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
   configs, stages = stage_configs(r.config), []
+  total = sum(c.train.steps for c in configs)
+  set_status(run_dir, "running", step=0, steps=total, **owner())
+  # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
+  done_before = 0
   for i, c in enumerate(configs):
     model_dir = os.path.join(sdir, "_models", train_key(c))
-    result = train(c, model_dir)
+    # status.json follows training (step counted over all stages of a cascade)
+    on_log = lambda row, b=done_before: set_status(run_dir, "running", step=b + int(row["step"]),
+                                                   steps=total, **owner())
+    result = train(c, model_dir, on_log=on_log)
+    done_before += c.train.steps
     name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
     shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
     stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
   (result, rows), lower = stages[-1], stages[:-1]
+  set_status(run_dir, "running", step=total, steps=total, phase="evaluating", **owner())
   figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
                          lower=lower)
   write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
@@ -89,7 +97,7 @@ def summary_table(meta: dict, sdir: str) -> str:
   lines = [head, "-" * len(head)]
   for run in meta["runs"]:
     rd = os.path.join(sdir, run["run_id"])
-    st = (read_json(os.path.join(rd, "status.json")) or {}).get("state", "missing")
+    st = run_state(read_json(os.path.join(rd, "status.json"))) if os.path.isdir(rd) else "missing"
     ev = read_json(os.path.join(rd, "eval.json")) or {}
     f = lambda k, p=2: "" if ev.get(k) is None else f"{ev[k]:.{p}f}"
     is_ = "" if ev.get("is_mean") is None else f"{ev['is_mean']:.2f}+-{ev.get('is_std', 0):.2f}"

@@ -11,6 +11,7 @@ import pytest
 
 from analysis import make_figures, make_tables, paper_numbers
 from analysis.results import arm_summary, load_results, load_sweep, run_metrics
+from core.runio import run_state
 from tests.fixtures_results import (run_id, sample_std, write_fake_guidance_sweep,
                                     write_fake_sweep)
 
@@ -190,6 +191,30 @@ def test_partial_and_broken_runs_never_crash(tmp_path):
   assert names == ["blocks16_cpu", "dropout_cpu", "nothing_cpu"] and "torn_cpu" in warned[0]
   assert make_tables.main([root, "--quiet"]) == 0
   assert "No runs" in open(os.path.join(root, "tables", "nothing_cpu.md")).read()
+
+
+def test_a_running_run_whose_process_is_gone_reads_killed(tmp_path):
+  import socket
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  here = socket.gethostname()
+  assert run_state({"state": "running", "pid": dead.pid, "host": here}) == "killed"
+  assert run_state({"state": "running", "pid": os.getpid(), "host": here}) == "running"
+  # another machine's run, or one written before pids were recorded: cannot tell, trust it
+  assert run_state({"state": "running", "pid": dead.pid, "host": here + "-other"}) == "running"
+  assert run_state({"state": "running"}) == "running"
+  assert run_state({"state": "done", "pid": dead.pid, "host": here}) == "done"
+  assert run_state(None) == run_state({}) == "pending"
+  sdir = write_fake_sweep(str(tmp_path), sweep="dropout", table="3",
+                          states={("128", "none"): "running"})
+  p = os.path.join(sdir, run_id("128", "none", 0), "status.json")
+  with open(p) as f:
+    st = json.load(f)
+  with open(p, "w") as f:
+    json.dump({**st, "pid": dead.pid, "host": here}, f)
+  d = make_tables.build_table(load_sweep(sdir)).display.set_index("arm")
+  assert d.loc["none", "state"] == ("1 killed: process gone; run the same command to resume, "
+                                    "1 running")
 
 
 def _cli(*args):

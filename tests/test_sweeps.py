@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from core.runio import read_json, read_jsonl
+from core.runio import read_json, read_jsonl, run_state
 from sweeps import run as runner
 from sweeps.spec import TIERS, expand
 
@@ -177,12 +177,17 @@ def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
   p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        start_new_session=True)
   t0 = time.time()
-  while time.time() - t0 < 600:  # kill once the first run is done, mid-way through the sweep
-    if (read_json(str(sdir / "128-none-s0" / "status.json")) or {}).get("state") == "done":
+  while time.time() - t0 < 600:  # kill once the first run is done and the second has begun
+    if (read_json(str(sdir / "128-r=128-s0" / "status.json")) or {}).get("state") == "running":
       break
     time.sleep(0.5)
   os.killpg(p.pid, signal.SIGKILL)
   p.wait()
+  # SIGKILL leaves no chance to write "failed": readers see the dead process as "killed"
+  st = read_json(str(sdir / "128-r=128-s0" / "status.json"))
+  assert st["state"] == "running" and st["pid"] == p.pid and st["steps"] == 2
+  assert run_state(st) == "killed"
+  assert run_state(read_json(str(sdir / "128-none-s0" / "status.json"))) == "done"
   done_before = read_json(str(sdir / "128-none-s0" / "eval.json"))
   assert done_before is not None
   out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
