@@ -874,14 +874,21 @@ def _network_fn(with_logits: bool, precision):
 _preprocess_fn = jax.jit(preprocess)
 
 
+def default_batch_size() -> int:
+  """1 on CPU, 50 on accelerators. XLA's CPU convolutions of this network run fastest one
+  image at a time (2 cores: 8.5 img/s at batch 1, 7.6 at 2, 6.0 at 10, 5.3 at 50)."""
+  return 1 if jax.default_backend() == "cpu" else 50
+
+
 class InceptionExtractor:
   """uint8 NHWC images of any size -> {'pool': (N, 2048)[, 'logits': (N, 1008)]} as numpy.
 
-  Images are processed in chunks of `batch_size` (the last one padded) so the network compiles
-  once per chunk size; resizing is jitted separately per input size. Runs on JAX's default device.
+  Images are processed in chunks of `batch_size` (default: default_batch_size(); the last one
+  padded) so the network compiles once per chunk size; resizing is jitted separately per input
+  size. Runs on JAX's default device.
   """
 
-  def __init__(self, weights=None, *, need_logits: bool = False, batch_size: int = 50,
+  def __init__(self, weights=None, *, need_logits: bool = False, batch_size: int | None = None,
                params=None, precision=lax.Precision.HIGHEST, verbose: bool = False, **load_kw):
     if params is None:
       params, self.source = load_inception_params(weights, need_logits=need_logits, verbose=verbose, **load_kw)
@@ -890,7 +897,7 @@ class InceptionExtractor:
     self.has_logits = check_params(params)
     if need_logits and not self.has_logits:
       raise ValueError("these Inception weights have no logits, so IS cannot be computed")
-    self.batch_size = int(batch_size)
+    self.batch_size = int(batch_size or default_batch_size())
     self.params = jax.device_put(jax.tree_util.tree_map(jnp.asarray, params))
     self._net = _network_fn(self.has_logits, precision)
 
