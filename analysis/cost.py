@@ -263,9 +263,10 @@ def relative_speeds(rows: list[dict], reference: Optional[int]) -> None:
   for i, r in enumerate(rows):
     ref = rows[reference if reference is not None else first[r["group"]]]
     r["reference"] = ref["arm"]
-    r["speed_pct"] = 100.0 * r["img_per_s"] / ref["img_per_s"] \
+    # ratio first: the reference row is then exactly 100 (100 * x / x can miss it by an ulp)
+    r["speed_pct"] = 100.0 * (r["img_per_s"] / ref["img_per_s"]) \
         if r["measured"] and ref["measured"] else math.nan
-    r["flops_speed_pct"] = 100.0 * ref["flops_per_image"] / r["flops_per_image"]
+    r["flops_speed_pct"] = 100.0 * (ref["flops_per_image"] / r["flops_per_image"])
 
 
 def sweep_cost(path: str, tier: str = "paper", overrides: Optional[dict] = None,
