@@ -32,6 +32,9 @@ def _parser():
   return ap
 
 
+LOAD_BATCH = 50  # images read and decoded a batch; the Inception batch is --batch-size
+
+
 def _fail(msg: str) -> int:
   print(f"error: {msg}", file=sys.stderr)
   return 2
@@ -88,7 +91,8 @@ def main(argv=None) -> int:
       continue
     t = time.perf_counter()
     try:
-      feats = F.source_features(src, extractor, batch_size=args.batch_size or 50, num=args.num,
+      feats = F.source_features(src, extractor, batch_size=args.batch_size or LOAD_BATCH,
+                                num=args.num,
                                 logits=args.inception_score and i == 0, progress=not args.quiet)
     except (OSError, ValueError) as e:  # an unreadable image, say
       return _fail(f"{src.path}: {e}")

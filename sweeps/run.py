@@ -69,22 +69,22 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
   os.makedirs(run_dir, exist_ok=True)
   write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
   configs, stages = stage_configs(r.config), []
-  total = sum(c.train.steps for c in configs)
-  set_status(run_dir, "running", step=0, steps=total, **owner())
+  total, who = sum(c.train.steps for c in configs), owner()
+  set_status(run_dir, "running", step=0, steps=total, **who)
   # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
   done_before = 0
   for i, c in enumerate(configs):
     model_dir = os.path.join(sdir, "_models", train_key(c))
     # status.json follows training (step counted over all stages of a cascade)
     on_log = lambda row, b=done_before: set_status(run_dir, "running", step=b + int(row["step"]),
-                                                   steps=total, **owner())
+                                                   steps=total, **who)
     result = train(c, model_dir, on_log=on_log)
     done_before += c.train.steps
     name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
     shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
     stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
   (result, rows), lower = stages[-1], stages[:-1]
-  set_status(run_dir, "running", step=total, steps=total, phase="evaluating", **owner())
+  set_status(run_dir, "running", step=total, steps=total, phase="evaluating", **who)
   figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
                          lower=lower)
   write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
