@@ -1,12 +1,14 @@
 """FID (and IS) between two image sets, as the paper measures them.
 
-  python -m analysis.fid PATH_A PATH_B [--is] [--batch-size N] [--num N] [--weights PATH]
+  python -m analysis.fid PATH_A PATH_B [--is] [--kid] [--batch-size N] [--num N] [--weights PATH]
                          [--save-stats OUT.npz] [--save-stats-b OUT.npz]
   python -m analysis.fid PATH_A --is
 
 A path is an image folder (recursive, jpg/png), an .npz of uint8 NHWC images (key 'images' or
-'arr_0'), or a statistics .npz (mu, sigma[, count]). Prints `FID: x` and, with --is,
-`IS: mean +- std` of PATH_A (10 splits; needs weights with logits). Exit code 2 on bad input.
+'arr_0'), or a statistics .npz (mu, sigma[, count]). Prints `FID: x`; with --kid then
+`KID: mean ± std` (core.fid.kid_from_features over the pool_3 features, unscaled; needs images
+on both sides, since a statistics .npz holds no features); with --is `IS: mean +- std` of PATH_A
+(10 splits; needs weights with logits). Exit code 2 on bad input.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ def _parser():
   ap.add_argument("path_b", metavar="PATH_B", nargs="?", help="the same kinds; optional with --is")
   ap.add_argument("--is", dest="inception_score", action="store_true", help="also print IS of PATH_A")
   ap.add_argument("--splits", type=int, default=10, help="IS splits (default 10)")
+  ap.add_argument("--kid", action="store_true", help="also print KID between PATH_A and PATH_B")
+  ap.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default 100)")
+  ap.add_argument("--kid-subset-size", type=int, default=1000,
+                  help="KID subset size (default 1000; clamped to the smaller set)")
   ap.add_argument("--batch-size", type=int, default=None,
                   help="Inception batch (default 1 on CPU, where it runs fastest, 50 elsewhere)")
   ap.add_argument("--num", type=int, default=None, help="use N images of each set, a fixed random subset (seed 0)")
@@ -46,6 +52,10 @@ def main(argv=None) -> int:
     return _fail("PATH_B is required unless --is is given")
   if (args.batch_size is not None and args.batch_size < 1) or (args.num is not None and args.num < 1):
     return _fail("--batch-size and --num must be positive")
+  if args.kid and args.path_b is None:
+    return _fail("--kid needs PATH_B")
+  if args.kid_subsets < 1 or args.kid_subset_size < 2:
+    return _fail("--kid-subsets must be positive and --kid-subset-size at least 2")
 
   from core import fid as F
   sources = []
@@ -60,6 +70,9 @@ def main(argv=None) -> int:
   a, b = sources
   if args.inception_score and a.stats is not None:
     return _fail(f"{args.path_a}: IS needs images, not statistics")
+  for p, src in ((args.path_a, a), (args.path_b, b)):
+    if args.kid and src.stats is not None:  # checked before any image goes through the network
+      return _fail(f"{p}: KID needs images (features); a statistics .npz has none")
   for src, out in ((a, args.save_stats), (b, args.save_stats_b)):
     if out is not None and src is None:
       return _fail("--save-stats-b needs PATH_B")
@@ -81,7 +94,7 @@ def main(argv=None) -> int:
                      "with --weights (or SIMPLEDIFF_INCEPTION)")
       return _fail(str(e))
 
-  stats, logits = [], None
+  stats, logits, pools = [], None, []
   for i, src in enumerate(sources):
     if src is None:
       stats.append(None)
@@ -102,6 +115,7 @@ def main(argv=None) -> int:
     if n < 2:
       return _fail(f"{src.path}: FID needs at least 2 images, got {n}")
     stats.append(F.compute_stats(feats["pool"]))
+    pools.append(feats["pool"])
     if "logits" in feats:
       logits = feats["logits"]
 
@@ -111,6 +125,10 @@ def main(argv=None) -> int:
       print(f"saved statistics to {out}", file=sys.stderr)
   if stats[1] is not None:
     print(f"FID: {F.fid_from_stats(stats[0], stats[1]):.4f}")
+  if args.kid:
+    mean, std = F.kid_from_features(pools[0], pools[1], subsets=args.kid_subsets,
+                                    subset_size=args.kid_subset_size)
+    print(f"KID: {mean:.6f} ± {std:.6f}")
   if args.inception_score:
     if len(logits) < args.splits:
       return _fail(f"{args.path_a}: IS with {args.splits} splits needs at least {args.splits} images")

@@ -281,6 +281,78 @@ def test_inception_score_properties():
 
 
 # ----------------------------------------------------------------------------------------------
+# KID against torch-fidelity
+
+
+@pytest.fixture(scope="module")
+def kid_golden():
+  with np.load(DATA / "kid_golden.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+def _kid_case(g, case):
+  """The two feature sets of a golden case, as scripts/make_kid_golden.py gave them."""
+  def feats(name, rows):
+    x = g[name][:rows]
+    return x.astype(np.float32) / int(g["q_scale"]) if name.startswith("q") else x
+  (na, nb), (ra, rb) = g[f"{case}_pair"], g[f"{case}_rows"]
+  subsets, size, seed = (int(v) for v in g[f"{case}_params"])
+  return feats(str(na), ra), feats(str(nb), rb), dict(subsets=subsets, subset_size=size, seed=seed)
+
+
+def test_kid_matches_torch_fidelity(kid_golden):
+  g = kid_golden
+  assert set(g["cases"]) == {"d64", "d64_clamped", "d64_same", "tiny", "d2048"}
+  for case in g["cases"]:
+    a, b, kw = _kid_case(g, case)
+    mean, std = F.kid_from_features(a, b, **kw)
+    np.testing.assert_allclose([mean, std], [g[f"{case}_mean"], g[f"{case}_std"]], rtol=1e-6,
+                               err_msg=case)
+    # torch-fidelity's float32 path (its usual one) is close, not equal
+    np.testing.assert_allclose([mean, std], [g[f"{case}_mean_f32"], g[f"{case}_std_f32"]],
+                               rtol=1e-3, err_msg=case)
+  # clamped cases: torch-fidelity was given the smaller set's size, ours subset_size=1000
+  for case in ("d64_clamped", "tiny"):
+    a, b, kw = _kid_case(g, case)
+    assert kw["subset_size"] > min(len(a), len(b)) == int(g[f"{case}_tf_subset_size"])
+  assert g["d64_same_mean"] < 0          # unbiased: same-distribution sets can go below 0
+
+
+def test_kid_properties():
+  rng = np.random.default_rng(3)
+  a = rng.normal(size=(256, 32))
+  # std over subsets with ddof=0, as torch-fidelity
+  mmds = F.kid_subset_mmds(a, a + 0.1, subsets=7, subset_size=50, seed=1)
+  assert F.kid_from_features(a, a + 0.1, subsets=7, subset_size=50, seed=1) == \
+      (pytest.approx(mmds.mean(), rel=1e-12), pytest.approx(mmds.std(ddof=0), rel=1e-12))
+  # one subset of everything is the plain unbiased estimate, subset order aside
+  assert F.kid_subset_mmds(a, a + 0.1, subsets=1, subset_size=10**6)[0] == \
+      pytest.approx(F.mmd2_unbiased(a, a + 0.1), rel=1e-9)
+  # all of a set against itself: the within sums drop the diagonal, the cross sum keeps it,
+  # so MMD^2 = 2/m (mean off-diagonal k - mean diagonal k) < 0: unbiased, not clipped at 0
+  k = F.poly_kernel(a, a)
+  off = (k.sum() - np.trace(k)) / (256 * 255)
+  self_kid = F.kid_from_features(a, a, subsets=3, subset_size=256)
+  assert self_kid[0] == pytest.approx(2 / 256 * (off - np.diag(k).mean()), rel=1e-9) and self_kid[0] < 0
+  assert self_kid[1] < 1e-12 * abs(self_kid[0])        # every subset is the whole set
+  # unbiased: independent same-distribution draws average to ~0, of either sign
+  means = [F.kid_from_features(rng.normal(size=(256, 32)), rng.normal(size=(256, 32)),
+                               subsets=20, subset_size=128, seed=s)[0] for s in range(12)]
+  assert abs(np.mean(means)) < 3 * np.std(means) / np.sqrt(len(means)) + 1e-4
+  assert min(means) < 0 < max(means)
+  # grows with a mean shift
+  shifted = [F.kid_from_features(a, rng.normal(size=(256, 32)) + s, subsets=10, subset_size=128)[0]
+             for s in (0.1, 0.3, 1.0)]
+  assert 0 < shifted[0] < shifted[1] < shifted[2]
+  # small n: the subset size clamps to the smaller set (torch-fidelity raises here)
+  assert np.isfinite(F.kid_from_features(a[:20], a[:30] + 1, subset_size=1000)[0])
+  with pytest.raises(ValueError, match="one D"):
+    F.kid_from_features(a, a[:, :5])
+  with pytest.raises(ValueError, match=">= 2"):
+    F.kid_from_features(a[:1], a)
+
+
+# ----------------------------------------------------------------------------------------------
 # Sources, statistics cache, CLI
 
 
@@ -353,6 +425,14 @@ def test_cli_errors(tmp_path, capsys, fake_weights_file):
   _write_images(tmp_path / "imgs", 3)
   rc, _, err = _cli([str(tmp_path / "imgs"), "--is", "--weights", str(fake_weights_file)], capsys)
   assert rc == 2 and "logits" in err and len(err.strip().splitlines()) == 1
+  # KID needs features: a statistics .npz on either side is one error line naming it
+  F.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
+  for argv in ([tmp_path / "imgs", tmp_path / "s.npz"], [tmp_path / "s.npz", tmp_path / "imgs"]):
+    rc, out, err = _cli([*map(str, argv), "--kid", "--weights", str(fake_weights_file)], capsys)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"error: {tmp_path / 's.npz'}: KID needs images")
+  rc, _, err = _cli([str(tmp_path / "imgs"), "--kid", "--is"], capsys)
+  assert rc == 2 and "--kid needs PATH_B" in err
 
 
 def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
@@ -361,10 +441,14 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
   np.savez(tmp_path / "b.npz", images=np.random.default_rng(2).integers(0, 256, (3, 48, 48, 3), dtype=np.uint8))
   rc, out, err = _cli([str(tmp_path / "a"), str(tmp_path / "b.npz"), "--batch-size", str(BATCH),
                        "--weights", str(fake_weights_file), "--save-stats", str(tmp_path / "sa.npz"),
-                       "--save-stats-b", str(tmp_path / "sb.npz"), "--quiet"], capsys)
+                       "--save-stats-b", str(tmp_path / "sb.npz"), "--quiet", "--kid"], capsys)
   assert rc == 0, err
-  fid = float(out.split("FID:")[1])
+  lines = out.splitlines()
+  assert [l.split(":")[0] for l in lines] == ["FID", "KID"]
+  fid = float(lines[0].split("FID:")[1])
   assert np.isfinite(fid) and fid >= 0
+  kid, kid_std = (float(v) for v in lines[1].split("KID:")[1].split("±"))
+  assert np.isfinite(kid) and kid_std >= 0
   # The saved statistics reproduce the figure without the network.
   rc, out2, _ = _cli([str(tmp_path / "sb.npz"), str(tmp_path / "sa.npz")], capsys)
   assert rc == 0 and float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
