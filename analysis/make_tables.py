@@ -2,10 +2,18 @@
 
 One paper-style table per sweep folder under RESULTS (a folder holding a sweep.json; other
 folders are ignored): rows are the arms in sweep.json order, grouped by `group`; columns FID
-train, FID eval, IS, relative training speed, parameters, finished seeds and state. Arms with
-no finished run show their state ("running", "failed: <error>", "killed: ...", "missing",
-"pending") instead of numbers. At tier "paper" (or with --with-paper) the paper's numbers
-stand beside ours.
+train, FID eval, KID train and KID eval (x 10^3), IS, relative training speed, parameters,
+finished seeds and state. Arms with no finished run show their state ("running", "failed:
+<error>", "killed: ...", "missing", "pending") instead of numbers. At tier "paper" (or with
+--with-paper) the paper's numbers stand beside ours.
+
+Honest at small n: each group ends with a "data floor (n=...)" row where the runs' eval.json
+carry a "floor" (the same metrics for fresh real images at the runs' sample count and
+resolution: what a perfect model would score). With several seeds a cell is the mean ± the
+half-width of its 95% confidence interval (Student's t over the seeds; no ± with one seed), and
+notes say, per group, whether the intervals of FID eval and of KID eval of two arms overlap:
+for every pair of arms with several seeds, or each against the group's first such arm where
+more than PAIRWISE_MAX arms have them.
 
 Writes <sweep>.md, <sweep>.tex (booktabs) and <sweep>.csv (numbers, not formatted) into
 RESULTS/tables/ (or --out) and prints the Markdown. A RESULTS folder without any sweep prints
@@ -22,6 +30,7 @@ import argparse
 import dataclasses
 import math
 import os
+import itertools
 import re
 import sys
 from typing import Optional
@@ -29,11 +38,20 @@ from typing import Optional
 import pandas as pd
 
 from analysis import paper_numbers
-from analysis.results import Sweep, arm_summary, finite, human_count, load_results
+from analysis.results import (METRICS, Sweep, arm_summary, finite, group_floors, human_count,
+                              load_results)
 from core.runio import read_json, write_text_atomic
 
-COLUMNS = ["group", "arm", "FID train", "FID eval", "IS", "speed", "params", "seeds", "state"]
+KID_SCALE = 1e3        # KID is shown x 10^3 (values of 1e-3..1e-1 read as 1..100); CSV unscaled
+COLUMNS = ["group", "arm", "FID train", "FID eval", "KID train ×10³", "KID eval ×10³", "IS",
+           "speed", "params", "seeds", "state"]
 PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
+CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
+         ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE))
+FLOOR_STATE = "real data"
+FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
+OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"))
+PAIRWISE_MAX = 4       # above this many arms with intervals, compare each with the first only
 
 
 @dataclasses.dataclass
@@ -78,59 +96,151 @@ def cost_speeds(sweep: Sweep) -> Optional[dict]:
   return {"speeds": speeds, "reference": rep.get("reference")}
 
 
+def floor_label(num, resolution=None) -> str:
+  """'data floor (n=256)', with the resolution where a group holds floors of several."""
+  n = f"n={num:.0f}" if finite(num) else "n=?"
+  res = f", {resolution:.0f}px" if finite(resolution) else ""
+  return f"data floor ({n}{res})"
+
+
+def _arm_rows(r, paper: bool, table: str, cost) -> tuple[dict, dict]:
+  """(display cells, numbers) of one arm_summary row."""
+  n = r["seeds"]
+  is_pm = r["is_mean_ci95"] if n > 1 else r["is_split_std"]
+  d = {"group": r["group"], "arm": r["arm"],
+       **{c: _fmt(r[k] * sc, r[f"{k}_ci95"] * sc) for c, k, sc in CELLS},
+       "IS": _fmt(r["is_mean"], is_pm),
+       "speed": _pct(r["speed"]) if n or cost is not None else "",
+       "params": human_count(r["params"]), "seeds": str(n), "state": r["state"]}
+  x = {"row": "arm", **{k: r[k] for k in ("group", "arm", "state", "seeds", "runs")}}
+  for k in METRICS:
+    x.update({f"{k}{s}": r[f"{k}{s}"] for s in ("", "_ci95", "_std", "_n")})
+  x.update({k: r[k] for k in ("is_split_std", "kid_train_subset_std", "kid_eval_subset_std",
+                              "params", "train_img_per_s")})
+  x["speed_pct"] = r["speed"]
+  if paper:
+    p = paper_numbers.lookup(table, r["group"], r["arm"]) or {}
+    d["paper FID train"] = _fmt(p.get("fid_train", math.nan))
+    d["paper FID eval"] = _fmt(p.get("fid_eval", math.nan))
+    d["paper IS"] = _fmt(p.get("is_mean", math.nan), p.get("is_std", math.nan))
+    d["paper speed"] = _pct(p.get("speed", math.nan))
+    for k in ("fid_train", "fid_eval", "is_mean", "is_std", "speed"):
+      x[f"paper_{k}"] = p.get(k, math.nan)
+  return d, x
+
+
+def _floor_rows(f, label: str) -> tuple[dict, dict]:
+  """(display cells, numbers) of one group_floors row: metrics only, no seeds, no ±."""
+  d = {"group": f["group"], "arm": label, **{c: _fmt(f[k] * sc) for c, k, sc in CELLS},
+       "state": FLOOR_STATE}
+  x = {"row": "floor", "group": f["group"], "arm": label, "state": FLOOR_STATE,
+       **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval")},
+       "kid_train_subset_std": f["kid_train_std"], "kid_eval_subset_std": f["kid_eval_std"],
+       **{f"floor_{k}": f[k] for k in ("num", "resolution", "runs", "distinct")}}
+  return d, x
+
+
+def _floor_labels(floors: pd.DataFrame) -> list[str]:
+  several = floors.groupby("group")["resolution"].transform("nunique") > 1
+  return [floor_label(f["num"], f["resolution"] if sev else None)
+          for (_, f), sev in zip(floors.iterrows(), several)]
+
+
 def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   summ = arm_summary(sweep)
+  floors = group_floors(sweep)
   paper = wants_paper(sweep, with_paper)
   cost = cost_speeds(sweep)
   if cost is not None:  # the cost file's measured speeds, for every arm whether trained or not
     summ["speed"] = [cost["speeds"].get((g, a), math.nan)
                      for g, a in zip(summ["group"], summ["arm"])]
-  disp, nums = [], []
-  for _, r in summ.iterrows():
-    n = r["seeds"]
-    spread = (lambda k: r[f"{k}_std"]) if n > 1 else (lambda k: math.nan)
-    is_pm = r["is_mean_std"] if n > 1 else r["is_split_std"]
-    d = {"group": r["group"], "arm": r["arm"],
-         "FID train": _fmt(r["fid_train"], spread("fid_train")),
-         "FID eval": _fmt(r["fid_eval"], spread("fid_eval")),
-         "IS": _fmt(r["is_mean"], is_pm),
-         "speed": _pct(r["speed"]) if n or cost is not None else "",
-         "params": human_count(r["params"]), "seeds": str(n), "state": r["state"]}
-    x = {k: r[k] for k in ("group", "arm", "state", "seeds", "runs", "fid_train",
-                           "fid_train_std", "fid_eval", "fid_eval_std", "is_mean",
-                           "is_mean_std", "is_split_std", "params", "train_img_per_s")}
-    x["speed_pct"] = r["speed"]
-    if paper:
-      p = paper_numbers.lookup(sweep.table, r["group"], r["arm"]) or {}
-      d["paper FID train"] = _fmt(p.get("fid_train", math.nan))
-      d["paper FID eval"] = _fmt(p.get("fid_eval", math.nan))
-      d["paper IS"] = _fmt(p.get("is_mean", math.nan), p.get("is_std", math.nan))
-      d["paper speed"] = _pct(p.get("speed", math.nan))
-      for k in ("fid_train", "fid_eval", "is_mean", "is_std", "speed"):
-        x[f"paper_{k}"] = p.get(k, math.nan)
-    disp.append(d)
-    nums.append(x)
+  labels = _floor_labels(floors)
+  rows = []
+  for g in dict.fromkeys(summ["group"]):   # each group's arms, then its data floor
+    rows += [_arm_rows(r, paper, sweep.table, cost) for _, r in summ[summ["group"] == g].iterrows()]
+    rows += [_floor_rows(f, lab) for (_, f), lab in zip(floors.iterrows(), labels)
+             if f["group"] == g]
   cols = COLUMNS + (PAPER_COLUMNS if paper else [])
-  display = pd.DataFrame(disp, columns=cols)
-  numbers = pd.DataFrame(nums)
-  notes = _notes(sweep, summ, paper, cost)
+  display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
+  numbers = pd.DataFrame([x for _, x in rows])
+  for c in numbers.columns:    # counts stay integers beside the floor rows' blanks
+    if c in ("seeds", "runs") or c.endswith("_n") or c in FLOOR_COUNTS:
+      numbers[c] = numbers[c].astype("Int64")
+  notes = _notes(sweep, summ, paper, cost, floors, labels)
   title = f"{sweep.title} — {sweep.name}"
   if sweep.tier:
     title += f" (tier {sweep.tier})"
   return Table(sweep, title, display, numbers, notes, paper)
 
 
-def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool,
-           cost: Optional[dict] = None) -> list[str]:
+def _interval(r, k) -> Optional[tuple[float, float]]:
+  m, h = r[k], r[f"{k}_ci95"]
+  return (m - h, m + h) if finite(m) and finite(h) else None
+
+
+def overlap_text(arm_a: str, ia, arm_b: str, ib, metric: str) -> str:
+  if max(ia[0], ib[0]) <= min(ia[1], ib[1]):
+    return f"{metric} intervals overlap"
+  return f"{metric} intervals do not overlap ({arm_a if ia[1] < ib[0] else arm_b} lower)"
+
+
+def overlap_notes(summ: pd.DataFrame) -> list[str]:
+  """Per group, whether the 95% intervals of FID eval and KID eval of two arms overlap: every
+  pair of arms with intervals (later arm named first), or each against the group's first such
+  arm where more than PAIRWISE_MAX have them. Groups without two such arms share one note."""
+  notes, none = [], []
+  for g in dict.fromkeys(summ["group"]):
+    arms = [r for _, r in summ[summ["group"] == g].iterrows()
+            if any(_interval(r, k) for k, _ in OVERLAP)]
+    if len(arms) < 2:
+      none.append(g)
+      continue
+    pairs = (itertools.combinations(range(len(arms)), 2) if len(arms) <= PAIRWISE_MAX
+             else ((0, j) for j in range(1, len(arms))))
+    for i, j in pairs:
+      a, b = arms[j], arms[i]
+      parts = [overlap_text(a["arm"], _interval(a, k), b["arm"], _interval(b, k), name)
+               for k, name in OVERLAP if _interval(a, k) and _interval(b, k)]
+      if parts:
+        notes.append(f"{g + ': ' if g else ''}{a['arm']} vs {b['arm']}: {'; '.join(parts)}.")
+  if notes:
+    notes.insert(0, "95% intervals of FID eval and KID eval compared within each group "
+                 "(pairwise, or each arm against the group's first where more than "
+                 f"{PAIRWISE_MAX} arms have intervals): disjoint intervals are a sign of a real "
+                 "difference, overlapping ones do not rule one out.")
+  if none:
+    where = f"{', '.join(g for g in none if g)}: " if any(none) else ""
+    notes.append(f"{where}fewer than two arms with several seeds, so no 95% intervals exist "
+                 "to compare.")
+  return notes
+
+
+def _seeds_text(summ: pd.DataFrame) -> str:
+  ns = sorted(set(int(n) for n in summ["seeds"] if n > 0))
+  return f"n={ns[0]} seeds" if len(ns) == 1 else f"each arm's seeds, n={ns[0]} to {ns[-1]}"
+
+
+def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] = None,
+           floors: Optional[pd.DataFrame] = None, labels: Optional[list] = None) -> list[str]:
   notes = []
   if len(summ) == 0:
     notes.append("sweep.json lists no runs.")
     return notes
   if (summ["seeds"] > 1).any():
-    notes.append("Several seeds: FID and IS are mean ± sample standard deviation (ddof=1) "
-                 "across the finished seeds of the arm (not a confidence interval).")
+    notes.append(f"± on FID, KID and IS: half-width of the 95% confidence interval of the mean "
+                 f"over seeds ({_seeds_text(summ)}), Student's t: t(0.975, n-1) * s / sqrt(n), "
+                 "s the sample std (ddof=1); no ± where an arm has n=1.")
+  elif (summ["seeds"] == 1).any():
+    notes.append("One seed per arm (n=1): no confidence intervals, so FID and KID carry no ±.")
   if ((summ["seeds"] == 1) & summ["is_split_std"].map(finite)).any():
     notes.append("One seed: IS ± is the standard deviation over Inception-score splits.")
+  if summ[["kid_train", "kid_eval"]].map(finite).any().any():
+    notes.append("KID: unbiased squared MMD of Inception features, cubic kernel (torch-fidelity's "
+                 "definition), shown ×10³ (the CSV holds it unscaled); blank where a run's "
+                 "eval.json has none.")
+  elif (summ["seeds"] > 0).any():
+    notes.append("KID: no finished run reports KID (older eval.json files), so its columns are "
+                 "blank.")
   ref = sweep.reference
   if cost is not None:
     notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "
@@ -147,6 +257,14 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool,
       notes.append(f"speed: training images per second relative to the arm {who} (= 100%), "
                    "each the mean over its finished seeds.")
   notes.append("seeds: finished runs (state done, with eval.json) that the numbers average.")
+  if floors is not None and len(floors):
+    notes.append("data floor: the same metrics for real images drawn afresh at the runs' sample "
+                 "count n and resolution (eval.json \"floor\"): what a perfect model would score.")
+    for (_, f), lab in zip(floors.iterrows(), labels or []):
+      if f["distinct"] > 1:
+        notes.append(f"{f['group'] + ': ' if f['group'] else ''}the runs' {lab} entries differ "
+                     f"({f['distinct']} different in {f['runs']} runs); the row shows their mean.")
+  notes += overlap_notes(summ)
   if paper:
     if sweep.table in paper_numbers.TABLES:
       notes.append(f"paper: Hoogeboom, Heek, Salimans (2023), table {sweep.table}, as "
@@ -186,7 +304,7 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 def _tex(s) -> str:
   s = "".join(_TEX.get(ch, ch) for ch in str(s))
   for a, b in (("±", r"$\pm$"), ("—", "---"), ("<=", r"$\le$"), ("≤", r"$\le$"),
-               ("×", r"$\times$"), ("η", r"$\eta$"), ("→", r"$\to$")):
+               ("×", r"$\times$"), ("³", r"$^3$"), ("η", r"$\eta$"), ("→", r"$\to$")):
     s = s.replace(a, b)
   return s
 

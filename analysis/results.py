@@ -3,11 +3,13 @@
   sweeps = load_results("results")        # every sub-folder holding a sweep.json
   s = sweeps[0]; s.runs                   # one row per run listed in sweep.json
   arm_summary(s)                          # one row per (group, arm): seeds aggregated
+  group_floors(s)                         # one row per group (and sample count): the data floor
   train, evals = run_metrics(s.run_dir(run_id))
 
 Nothing here raises on a partial folder: a missing run folder is state "missing", an unreadable
 status.json counts as "pending" (or "done" if eval.json is there), a torn metrics.jsonl line is
-skipped, a missing eval.json leaves the numbers NaN.
+skipped, a missing eval.json leaves the numbers NaN, and so do keys an older eval.json lacks
+(KID, the data floor).
 """
 from __future__ import annotations
 
@@ -18,12 +20,15 @@ from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from core.runio import read_json, read_jsonl, run_state
 
-EVAL_KEYS = ("fid_train", "fid_eval", "is_mean", "is_std", "num_samples", "params",
-             "train_img_per_s", "train_time_s", "steps", "guidance_scale")
-METRICS = ("fid_train", "fid_eval", "is_mean")
+EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
+             "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
+             "steps", "guidance_scale")
+METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean")
+FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
 GUIDANCE_KEY = "sampler.guidance_scale"
 
 
@@ -115,6 +120,8 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
       if row["has_eval"] else math.nan
   if math.isnan(row["guidance_scale"]) and GUIDANCE_KEY in values:
     row["guidance_scale"] = _num(values[GUIDANCE_KEY])
+  fl = (ev or {}).get("floor") if row["has_eval"] else None
+  row["floor"] = fl if isinstance(fl, dict) else None
   return row
 
 
@@ -125,7 +132,7 @@ def load_sweep(path: str) -> Sweep:
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
-          *EVAL_KEYS, "eval_step", "samples", "dir", "values"]
+          *EVAL_KEYS, "eval_step", "floor", "samples", "dir", "values"]
   df = pd.DataFrame(rows, columns=cols)
   name = os.path.basename(os.path.normpath(path))
   return Sweep(name=name, path=path, meta=meta, runs=df)
@@ -192,11 +199,25 @@ def _mean_std(x: pd.Series) -> tuple[float, float]:
   return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else math.nan
 
 
+def ci95(std: float, n: int) -> float:
+  """Half-width of the 95% confidence interval of a mean of n values of sample std `std`
+  (ddof=1), from Student's t: t(0.975, n-1) * std / sqrt(n). NaN below two values."""
+  if n < 2 or not finite(std):
+    return math.nan
+  return float(scipy.stats.t.ppf(0.975, n - 1) * std / math.sqrt(n))
+
+
+def _count(x: pd.Series) -> int:
+  return int(pd.to_numeric(x, errors="coerce").notna().sum())
+
+
 def arm_summary(sweep: Sweep) -> pd.DataFrame:
   """One row per (group, arm), in sweep.json order.
 
-  seeds: finished runs (done with an eval.json); `<m>` and `<m>_std` the mean and sample
-  standard deviation (ddof=1, NaN for one seed) over those; is_split_std the Inception-split
+  seeds: finished runs (done with an eval.json); for each metric `<m>` the mean over those that
+  report it, `<m>_n` how many do (an older eval.json has no KID), `<m>_std` their sample
+  standard deviation (ddof=1) and `<m>_ci95` the 95% confidence half-width (ci95; both NaN
+  below two seeds); is_split_std and kid_<split>_subset_std the Inception-split and KID-subset
   std of a single seed; speed the arm's mean img/s over the reference arm's, in percent.
   """
   runs = sweep.runs
@@ -214,7 +235,12 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
            "runs": int(len(sub)), "run_ids": list(sub["run_id"])}
     for k in METRICS:
       row[k], row[f"{k}_std"] = _mean_std(done[k])
-    row["is_split_std"] = float(done["is_std"].iloc[0]) if len(done) == 1 else math.nan
+      row[f"{k}_n"] = _count(done[k])
+      row[f"{k}_ci95"] = ci95(row[f"{k}_std"], row[f"{k}_n"])
+    one = len(done) == 1
+    row["is_split_std"] = float(done["is_std"].iloc[0]) if one else math.nan
+    for k in ("kid_train", "kid_eval"):
+      row[f"{k}_subset_std"] = float(done[f"{k}_std"].iloc[0]) if one else math.nan
     row["params"] = _mean_std(done["params"])[0]
     img_s = _mean_std(done["train_img_per_s"])[0]
     row["train_img_per_s"] = img_s
@@ -222,10 +248,36 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
     row["guidance_scale"] = _mean_std(sub["guidance_scale"])[0]
     row["is_reference"] = ref is not None and ref in row["run_ids"]
     rows.append(row)
-  cols = ["group", "arm", "state", "seeds", "runs", "fid_train", "fid_train_std", "fid_eval",
-          "fid_eval_std", "is_mean", "is_mean_std", "is_split_std", "params", "train_img_per_s",
-          "speed", "guidance_scale", "is_reference", "run_ids"]
+  cols = ["group", "arm", "state", "seeds", "runs",
+          *(f"{k}{s}" for k in METRICS for s in ("", "_std", "_ci95", "_n")),
+          "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params",
+          "train_img_per_s", "speed", "guidance_scale", "is_reference", "run_ids"]
   return pd.DataFrame(rows, columns=cols)
+
+
+def group_floors(sweep: Sweep) -> pd.DataFrame:
+  """The data floor of each group: eval.json's "floor" (the metrics of fresh real images at the
+  run's sample count and resolution) over the group's finished runs, one row per (group, num,
+  resolution) in sweep.json order. The runs should agree; `distinct` counts the different
+  entries, and the numbers are the mean over the runs (which is any one of them where they
+  agree). No floor entries, no rows.
+  """
+  rows: dict = {}
+  for _, r in sweep.runs.iterrows():
+    fl = r["floor"]
+    if not r["has_eval"] or not isinstance(fl, dict):
+      continue
+    key = (r["group"], _num(fl.get("num")), _num(fl.get("resolution")))
+    rows.setdefault(key, []).append({k: _num(fl.get(k)) for k in FLOOR_METRICS})
+  out = []
+  for (g, num, res), entries in rows.items():
+    df = pd.DataFrame(entries, columns=list(FLOOR_METRICS))
+    distinct = len({tuple(round(v, 12) if finite(v) else None for v in e.values())
+                    for e in entries})
+    out.append({"group": g, "num": num, "resolution": res, "runs": len(entries),
+                "distinct": distinct, **{k: _mean_std(df[k])[0] for k in FLOOR_METRICS}})
+  return pd.DataFrame(out, columns=["group", "num", "resolution", "runs", "distinct",
+                                    *FLOOR_METRICS])
 
 
 def varies_guidance(sweep: Sweep) -> bool:

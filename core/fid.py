@@ -129,7 +129,8 @@ def kid_from_features(features_a, features_b, *, subsets: int = 100, subset_size
   lowered by hand (with that lowered size both give the same numbers); float32 features are
   cast to float64 first (torch-fidelity keeps the tensor's dtype); and seed defaults to 0, not
   torch-fidelity's rng_seed 2020 (pass seed=2020 to reproduce its default call)."""
-  mmds = kid_subset_mmds(features_a, features_b, subsets=subsets, subset_size=subset_size, seed=seed)
+  mmds = kid_subset_mmds(features_a, features_b, subsets=subsets, subset_size=subset_size,
+                         seed=seed)
   return float(mmds.mean()), float(mmds.std())
 
 

@@ -1,8 +1,10 @@
 """Synthetic results folders that follow docs/results_layout.md, for the analysis tests.
 
 write_fake_sweep: a table-like sweep with every state the layout allows: finished runs
-(eval.json, metrics.jsonl, samples.png), two seeds of one arm, a running run, a failed run,
-a run whose folder is missing, and a torn last line in one metrics.jsonl.
+(eval.json, metrics.jsonl, samples.png), two seeds of one arm (or any seed counts), a running
+run, a failed run, a run whose folder is missing, and a torn last line in one metrics.jsonl.
+The first group's runs write the newer eval.json keys (KID, the data floor); the others are
+older runs: without those keys, or with them null (every other arm).
 write_fake_guidance_sweep: a table 9-like sweep whose runs vary sampler.guidance_scale.
 Numbers are deterministic, so tests can recompute what the tables should show.
 """
@@ -12,7 +14,7 @@ import json
 import math
 import os
 import re
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -82,6 +84,33 @@ def fake_eval(k: int, seed: int, **extra) -> dict:
   return ev
 
 
+def fake_kid(k: int, seed: int) -> dict:
+  """eval.json's KID keys of the k-th arm's seed, unscaled (x 10^3: train 12 + 3k + seed,
+  eval 10 + 2k + seed)."""
+  return {"kid_train": 0.012 + 0.003 * k + 0.001 * seed,
+          "kid_eval": 0.010 + 0.002 * k + 0.001 * seed,
+          "kid_train_std": 0.0005 + 0.0001 * k, "kid_eval_std": 0.0004 + 0.0001 * k}
+
+
+def fake_floor(group: str, num: int = 512) -> dict:
+  """eval.json's "floor" of a group: the same in every run of it."""
+  res = int(group) // 8 if group.isdigit() else 16
+  return {"num": num, "resolution": res,
+          "fid_train": 1.5 + 0.01 * res, "fid_eval": 1.75 + 0.01 * res,
+          "kid_train": 0.0002 + 1e-5 * res, "kid_eval": 0.0003 + 1e-5 * res,
+          "kid_train_std": 0.0001, "kid_eval_std": 0.00015}
+
+
+NEW_KEYS = ("kid_train", "kid_train_std", "kid_eval", "kid_eval_std", "floor")
+
+
+def new_keys(group: str, k: int, seed: int, new: bool) -> dict:
+  """The newer eval.json keys of a run: KID and floor where new, else none (even k) or nulls."""
+  if new:
+    return {**fake_kid(k, seed), "floor": fake_floor(group)}
+  return {} if k % 2 == 0 else dict.fromkeys(NEW_KEYS)
+
+
 def _write_run(sdir: str, rid: str, state: str, k: int, seed: int, steps: int = 200,
                evals: Optional[dict] = None, torn: bool = False,
                error: Optional[str] = None, metrics_src: Optional[int] = None,
@@ -111,13 +140,16 @@ def write_fake_sweep(root: str, sweep: str = "noise_shift", table: str = "2", ti
                      arms: Optional[Sequence[tuple[str, str]]] = None,
                      states: Optional[dict] = None, two_seeds: Optional[tuple[str, str]] = None,
                      reference: Optional[tuple[str, str]] = "first",
-                     title: Optional[str] = None) -> str:
+                     title: Optional[str] = None, seeds: Optional[dict] = None,
+                     new: Optional[Callable[[str, str, int], bool]] = None) -> str:
   """Writes root/<sweep>_<tier>/ and returns its path.
 
   arms: (group, label) pairs, default the paper table's. states: {(group, label): state} for
   "running" | "failed" | "missing" | "pending"; default the last three arms running, failed and
-  missing. two_seeds: the arm with seeds 0 and 1 (default the first). reference: the arm whose
-  seed-0 run is sweep.json's reference ("first" = the first arm, None = no reference).
+  missing. two_seeds: the arm with seeds 0 and 1 (default the first). seeds: {(group, label):
+  number of seeds} (seeds 0, 1, ...), over two_seeds. reference: the arm whose seed-0 run is
+  sweep.json's reference ("first" = the first arm, None = no reference). new(group, label, seed):
+  whether a run writes KID and floor (default: the first group's runs).
   The first finished run's metrics.jsonl ends with a torn line.
   """
   arms = list(arms or paper_numbers.arms_of(table))
@@ -128,12 +160,14 @@ def write_fake_sweep(root: str, sweep: str = "noise_shift", table: str = "2", ti
   two_seeds = two_seeds or arms[0]
   if reference == "first":
     reference = arms[0]
+  counts = {tuple(two_seeds): 2, **{tuple(a): n for a, n in (seeds or {}).items()}}
+  new = new or (lambda g, a, s: g == arms[0][0])
   sdir = os.path.join(root, f"{sweep}_{tier}")
   os.makedirs(sdir, exist_ok=True)
   runs = []
   torn_done = False
   for k, (group, arm) in enumerate(arms):
-    for seed in ((0, 1) if (group, arm) == tuple(two_seeds) else (0,)):
+    for seed in range(counts.get((group, arm), 1)):
       rid = run_id(group, arm, seed)
       state = states.get((group, arm), "done")
       runs.append({"run_id": rid, "arm": arm, "group": group, "seed": seed,
@@ -142,7 +176,9 @@ def write_fake_sweep(root: str, sweep: str = "noise_shift", table: str = "2", ti
       torn_done = torn_done or torn
       err = ("RuntimeError: RESOURCE_EXHAUSTED: out of memory allocating 12.3GiB on device "
              "cuda:0 while running the train step\nTraceback (most recent call last): ...")
-      _write_run(sdir, rid, state, k, seed, torn=torn, error=err if state == "failed" else None)
+      ev = fake_eval(k, seed, **new_keys(group, k, seed, new(group, arm, seed)))
+      _write_run(sdir, rid, state, k, seed, evals=ev, torn=torn,
+                 error=err if state == "failed" else None)
   # the runner's shared-model folder sits beside the runs; analysis must ignore it
   os.makedirs(os.path.join(sdir, "_models", "0123456789ab"), exist_ok=True)
   meta = {"sweep": sweep, "file": f"ablations/{sweep}.yaml", "table": table,

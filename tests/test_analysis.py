@@ -12,10 +12,12 @@ import pytest
 from analysis import make_figures, make_tables, paper_numbers
 from analysis.results import arm_summary, load_results, load_sweep, run_metrics
 from core.runio import run_state
-from tests.fixtures_results import (run_id, sample_std, write_fake_guidance_sweep,
-                                    write_fake_sweep)
+from tests.fixtures_results import (fake_floor, fake_kid, run_id, sample_std,
+                                    write_fake_guidance_sweep, write_fake_sweep)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T975 = {1: 12.706204736174707, 2: 4.302652729749464}   # Student's t(0.975, df), from t tables
+FLOOR_128 = ("128", "data floor (n=512)")
 
 
 def _eval(sdir, rid):
@@ -74,7 +76,9 @@ def test_table_rows_states_seeds_and_speed(results):
   t = make_tables.build_table(load_sweep(sdir))
   d = t.display
   assert list(d.columns) == make_tables.COLUMNS            # no paper columns at tier cpu
-  assert list(zip(d["group"], d["arm"])) == paper_numbers.arms_of("2")
+  assert "KID eval ×10³" in d.columns and "KID train ×10³" in d.columns
+  arms = paper_numbers.arms_of("2")                        # 128's floor row ends its group
+  assert list(zip(d["group"], d["arm"])) == arms[:3] + [FLOOR_128] + arms[3:]
   state = dict(zip(d["group"] + "/" + d["arm"], d["state"]))
   assert state["256/shift 128"] == "running"
   assert state["256/shift 64"].startswith("failed: RuntimeError: RESOURCE_EXHAUSTED")
@@ -86,16 +90,23 @@ def test_table_rows_states_seeds_and_speed(results):
     row = d[(d["group"] == "256") & (d["arm"] == arm)].iloc[0]
     assert row["FID train"] == row["FID eval"] == row["IS"] == row["speed"] == ""
     assert row["seeds"] == "0"
-  # two seeds: mean ± sample std over seeds
+  # two seeds: mean ± the 95% t interval's half-width over seeds (df = 1)
   e0, e1 = (_eval(sdir, run_id("128", "cosine", s)) for s in (0, 1))
   cos = t.numbers.iloc[0]
   assert cos["seeds"] == 2
-  for k in ("fid_train", "fid_eval", "is_mean"):
+  for k in ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean"):
     assert cos[k] == pytest.approx((e0[k] + e1[k]) / 2)
     assert cos[f"{k}_std"] == pytest.approx(sample_std([e0[k], e1[k]]))
+    assert cos[f"{k}_ci95"] == pytest.approx(T975[1] * sample_std([e0[k], e1[k]]) / math.sqrt(2))
+    assert cos[f"{k}_n"] == 2
   m, s = (e0["fid_train"] + e1["fid_train"]) / 2, sample_std([e0["fid_train"], e1["fid_train"]])
-  assert d.iloc[0]["FID train"] == f"{m:.2f} ± {s:.2f}"
-  assert any("standard deviation" in n and "seeds" in n for n in t.notes)
+  assert d.iloc[0]["FID train"] == f"{m:.2f} ± {T975[1] * s / math.sqrt(2):.2f}"
+  m, s = (e0["kid_eval"] + e1["kid_eval"]) / 2, sample_std([e0["kid_eval"], e1["kid_eval"]])
+  assert d.iloc[0]["KID eval ×10³"] == f"{1e3 * m:.2f} ± {1e3 * T975[1] * s / math.sqrt(2):.2f}"
+  assert any("95% confidence interval" in n and "n=1" in n for n in t.notes)
+  # one seed: no ± on FID and KID
+  assert d.iloc[1]["FID eval"] == f"{_eval(sdir, run_id('128', 'shift 64', 0))['fid_eval']:.2f}"
+  assert d.iloc[1]["KID eval ×10³"] == f"{1e3 * fake_kid(1, 0)['kid_eval']:.2f}"
   # one seed: IS ± the split std of eval.json
   e = _eval(sdir, run_id("128", "shift 32", 0))
   assert d.iloc[2]["IS"] == f"{e['is_mean']:.2f} ± {e['is_std']:.2f}"
@@ -127,6 +138,114 @@ def test_paper_columns_only_at_tier_paper(results):
   assert on.display.iloc[2]["paper FID eval"] == "2.88"
 
 
+def _three_seeds(root, **kw):
+  """Table 2 with three seeds of every 128 arm (fake_eval: fid_train 20 + 3k + seed, fid_eval
+  22 + 2.5k + 0.6 seed; fake_kid: kid_eval 0.010 + 0.002k + 0.001 seed)."""
+  arms = paper_numbers.arms_of("2")
+  return write_fake_sweep(root, seeds={a: 3 for a in arms if a[0] == "128"}, **kw)
+
+
+def test_three_seeds_give_the_t_interval_and_overlap_notes(tmp_path):
+  t = make_tables.build_table(load_sweep(_three_seeds(str(tmp_path))))
+  n = t.numbers.set_index(["group", "arm"])
+  half = T975[2] / math.sqrt(3)      # sample std of (0, 1, 2) is 1
+  for k, arm in enumerate(("cosine", "shift 64", "shift 32")):
+    r = n.loc[("128", arm)]
+    assert r["seeds"] == r["fid_train_n"] == r["kid_eval_n"] == 3
+    assert r["fid_train"] == pytest.approx(21 + 3 * k) and r["fid_train_std"] == pytest.approx(1)
+    assert r["fid_train_ci95"] == pytest.approx(half, rel=1e-12)
+    assert r["fid_eval_ci95"] == pytest.approx(0.6 * half, rel=1e-9)
+    assert r["kid_eval"] == pytest.approx(0.011 + 0.002 * k)
+    assert r["kid_eval_ci95"] == pytest.approx(1e-3 * half, rel=1e-9)
+  d = t.display.set_index(["group", "arm"])
+  assert d.loc[("128", "cosine"), "FID train"] == "21.00 ± 2.48"
+  assert d.loc[("128", "shift 32"), "FID eval"] == "27.60 ± 1.49"
+  assert d.loc[("128", "shift 64"), "KID eval ×10³"] == "13.00 ± 2.48"
+  assert d.loc[("256", "cosine"), "FID train"] == "29.00"          # one seed: no ±
+  assert any("95% confidence interval" in x and "n=1 to 3" in x for x in t.notes)
+  # FID eval: cosine [21.11, 24.09], shift 64 [23.61, 26.59], shift 32 [26.11, 29.09];
+  # KID eval x 10^3: 11, 13, 15, each ± 2.48, so every pair overlaps
+  ov = [x for x in t.notes if x.startswith("128: ")]
+  assert ov == [
+      "128: shift 64 vs cosine: FID eval intervals overlap; KID eval intervals overlap.",
+      "128: shift 32 vs cosine: FID eval intervals do not overlap (cosine lower); "
+      "KID eval intervals overlap.",
+      "128: shift 32 vs shift 64: FID eval intervals overlap; KID eval intervals overlap."]
+  assert "256: fewer than two arms with several seeds, so no 95% intervals exist to compare." \
+      in t.notes
+  # the rule itself: touching intervals overlap, and the lower arm is named whichever it is
+  assert make_tables.overlap_text("a", (1, 2), "b", (2, 3), "X") == "X intervals overlap"
+  assert make_tables.overlap_text("a", (1, 2), "b", (2.5, 3), "X").endswith("(a lower)")
+  assert make_tables.overlap_text("a", (2.5, 3), "b", (1, 2), "X").endswith("(b lower)")
+
+
+def test_one_seed_says_no_intervals_and_many_arms_compare_with_the_first(tmp_path):
+  one = {("128", "none"): 1}        # the two-seed arm cut to one
+  t = make_tables.build_table(load_sweep(write_fake_sweep(str(tmp_path), sweep="dropout",
+                                                          table="3", states={}, seeds=one)))
+  assert any("One seed per arm (n=1)" in x for x in t.notes)
+  assert "128: fewer than two arms with several seeds, so no 95% intervals exist to compare." \
+      in t.notes
+  assert not any("±" in c for c in t.display["FID eval"])
+  # five arms with intervals (more than PAIRWISE_MAX): each against the group's first only
+  arms = paper_numbers.arms_of("3")
+  assert len(arms) == 5 > make_tables.PAIRWISE_MAX
+  t = make_tables.build_table(load_sweep(write_fake_sweep(
+      str(tmp_path / "five"), sweep="dropout", table="3", states={}, seeds=dict.fromkeys(arms, 2))))
+  ov = [x for x in t.notes if x.startswith("128: ")]
+  assert [x.split(":")[1].strip() for x in ov] == [f"{a} vs none" for _, a in arms[1:]]
+
+
+def test_floor_row_shows_the_floor_numbers(results, tmp_path):
+  sdir = os.path.join(results, "noise_shift_cpu")
+  t = make_tables.build_table(load_sweep(sdir))
+  f = fake_floor("128")
+  row = t.display.set_index(["group", "arm"]).loc[FLOOR_128]
+  assert (row["FID train"], row["FID eval"]) == (f"{f['fid_train']:.2f}", f"{f['fid_eval']:.2f}")
+  assert row["KID train ×10³"] == f"{1e3 * f['kid_train']:.2f}"
+  assert row["KID eval ×10³"] == f"{1e3 * f['kid_eval']:.2f}"
+  assert row["state"] == "real data" and row["seeds"] == row["IS"] == row["speed"] == ""
+  x = t.numbers.set_index(["group", "arm"]).loc[FLOOR_128]
+  assert x["row"] == "floor" and x["kid_eval"] == f["kid_eval"] and x["floor_num"] == 512
+  assert x["floor_resolution"] == 16 and x["floor_runs"] == 4 and x["floor_distinct"] == 1
+  assert x["kid_eval_subset_std"] == f["kid_eval_std"]
+  assert not any("data floor" in a for a in t.display[t.display["group"] == "256"]["arm"])
+  assert any(n.startswith("data floor:") for n in t.notes)
+  assert not any("differ" in n for n in t.notes)
+  # runs that disagree: the row is their mean, and a note says so
+  sdir = write_fake_sweep(str(tmp_path))
+  p = os.path.join(sdir, run_id("128", "shift 32", 0), "eval.json")
+  ev = _eval(sdir, run_id("128", "shift 32", 0))
+  ev["floor"]["fid_eval"] += 4.0
+  with open(p, "w") as fh:
+    json.dump(ev, fh)
+  t = make_tables.build_table(load_sweep(sdir))
+  x = t.numbers.set_index(["group", "arm"]).loc[FLOOR_128]
+  assert x["fid_eval"] == pytest.approx(f["fid_eval"] + 1.0) and x["floor_distinct"] == 2
+  assert "128: the runs' data floor (n=512) entries differ (2 different in 4 runs); the row " \
+      "shows their mean." in t.notes
+
+
+def test_eval_json_without_kid_or_floor_still_renders(tmp_path):
+  """Older runs: no KID or floor keys (even arms) or null ones (odd arms)."""
+  sdir = _three_seeds(str(tmp_path), new=lambda g, a, s: False, tier="paper")
+  assert "kid_eval" not in _eval(sdir, run_id("128", "cosine", 0))
+  assert _eval(sdir, run_id("128", "shift 64", 0))["floor"] is None
+  t = make_tables.build_table(load_sweep(sdir))
+  d = t.display
+  assert list(d.columns) == make_tables.COLUMNS + make_tables.PAPER_COLUMNS
+  assert d["KID eval ×10³"].eq("").all() and d["KID train ×10³"].eq("").all()
+  assert not d["arm"].str.startswith("data floor").any()
+  assert d.iloc[0]["FID train"] == "21.00 ± 2.48" and d.iloc[0]["paper FID train"] == "2.96"
+  assert any("no finished run reports KID" in n for n in t.notes)
+  assert not any(n.startswith("data floor") for n in t.notes)
+  ov = [x for x in t.notes if x.startswith("128: ")]   # FID intervals only
+  assert ov[1] == "128: shift 32 vs cosine: FID eval intervals do not overlap (cosine lower)."
+  assert t.numbers["kid_eval"].isna().all() and (t.numbers["kid_eval_n"] == 0).all()
+  for fn in (make_tables.to_markdown, make_tables.to_latex, make_tables.to_csv):
+    assert "cosine" in fn(t)
+
+
 def test_cli_writes_markdown_latex_csv_for_every_sweep(results, tmp_path, capsys):
   out = str(tmp_path / "tables")
   assert make_tables.main([results, "--out", out]) == 0
@@ -144,8 +263,14 @@ def test_cli_writes_markdown_latex_csv_for_every_sweep(results, tmp_path, capsys
     rows = [l for l in md.splitlines() if l.startswith("| ")][1:]
     assert len(rows) == len(csv)
   csv = pd.read_csv(os.path.join(out, "noise_shift_cpu.csv"))
-  assert list(csv["arm"]) == [a for _, a in paper_numbers.arms_of("2")]
-  assert csv.loc[0, "seeds"] == 2 and csv.loc[4, "state"] == "running"
+  arms = [a for _, a in paper_numbers.arms_of("2")]
+  assert list(csv["arm"]) == arms[:3] + [FLOOR_128[1]] + arms[3:]
+  assert list(csv["row"]) == ["arm"] * 3 + ["floor"] + ["arm"] * 4
+  assert csv.loc[0, "seeds"] == 2 and csv.loc[5, "state"] == "running"
+  for c in ("fid_eval_ci95", "fid_eval_n", "kid_train", "kid_train_ci95", "kid_eval_n"):
+    assert c in csv.columns
+  assert csv.loc[1, "kid_eval"] == pytest.approx(fake_kid(1, 0)["kid_eval"])     # unscaled
+  assert "KID eval $\\times$10$^3$" in open(os.path.join(out, "noise_shift_cpu.tex")).read()
   tex = open(os.path.join(out, "noise_shift_cpu.tex")).read()
   assert tex.count(r"\midrule") == 2                  # header rule + one between groups
   assert r"RESOURCE\_EXHAUSTED" in tex

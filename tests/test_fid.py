@@ -333,7 +333,8 @@ def test_kid_properties():
   k = F.poly_kernel(a, a)
   off = (k.sum() - np.trace(k)) / (256 * 255)
   self_kid = F.kid_from_features(a, a, subsets=3, subset_size=256)
-  assert self_kid[0] == pytest.approx(2 / 256 * (off - np.diag(k).mean()), rel=1e-9) and self_kid[0] < 0
+  assert self_kid[0] == pytest.approx(2 / 256 * (off - np.diag(k).mean()), rel=1e-9)
+  assert self_kid[0] < 0
   assert self_kid[1] < 1e-12 * abs(self_kid[0])        # every subset is the whole set
   # unbiased: independent same-distribution draws average to ~0, of either sign
   means = [F.kid_from_features(rng.normal(size=(256, 32)), rng.normal(size=(256, 32)),
