@@ -1,1 +1,6 @@
 """simplediff core: schedules, losses, samplers, models, data, training, evaluation."""
+from core.devices import configure_cpu_devices as _configure_cpu_devices
+
+# One CPU device per core, before anything starts JAX's backends (core/devices.py says why;
+# SIMPLEDIFF_CPU_DEVICES=0 turns it off). Accelerators are unaffected.
+_configure_cpu_devices()

@@ -453,6 +453,44 @@ def make_source(cfg: DataConfig, resolution: int, split: str) -> Source:
   return src
 
 
+def reference_indices(n_split: int, num: int) -> np.ndarray:
+  """The images of a split that reference statistics use: all, or a fixed random subset of
+  `num` in index order (the first `num` of a class-sorted folder would be its first classes)."""
+  if num >= n_split:
+    return np.arange(n_split)
+  from core.fid import subset
+  return subset(np.arange(n_split), num)
+
+
+def data_fingerprint(cfg: DataConfig, split: str, num: int) -> str:
+  """12 hex digits naming the images that `iterate_uint8(cfg, ..., split, num)` reads, for the
+  reference-statistics cache: the source and absolute path, and each image file's name and
+  size (folder), or the files' sizes and mtimes (npz, array_record), or the size of the
+  procedural set (shapes). Two folders of one name, or a folder whose files changed, differ."""
+  h = hashlib.sha1()
+  add = lambda *xs: h.update(json.dumps(xs, default=str).encode())
+  add(cfg.source, split, num)
+  if cfg.source == "shapes":
+    add(cfg.size)
+  elif cfg.source == "tfds":
+    add(cfg.path)
+  else:
+    src = make_source(cfg, 8, split)
+    if isinstance(src, FolderSource):
+      add(src.split_dir)
+      for i in reference_indices(len(src), num):
+        name = src.name(int(i))
+        add(src.files[int(i)], os.path.getsize(name))
+    else:
+      p = os.path.abspath(cfg.path.replace("{split}", split))
+      files = (sorted(glob.glob(os.path.join(p, "*"))) if os.path.isdir(p) else
+               sorted(glob.glob(p)) if any(c in p for c in "*?[") else [p])
+      for f in files:
+        st = os.stat(f)
+        add(os.path.abspath(f), st.st_size, st.st_mtime_ns)
+  return h.hexdigest()[:12]
+
+
 # --- the grain pipeline -------------------------------------------------------------------
 
 _M64 = (1 << 64) - 1
@@ -637,8 +675,7 @@ def iterate_uint8(cfg: DataConfig, resolution: int, split: str, num: int, batch_
   counter = SkipCounter(src)
   ds = grain.MapDataset.source(_Elements(src, int(resolution)))
   if n < len(src):  # a fixed random subset: the first n of a class-sorted folder are few classes
-    from core.fid import subset
-    keep = subset(np.arange(len(src)), n)
+    keep = reference_indices(len(src), n)
     full = ds
     ds = grain.MapDataset.range(n).map(lambda i: full[int(keep[i])])
   it = _batched(ds, batch_size, _uint8_batch, cfg, False, counter)

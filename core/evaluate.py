@@ -6,6 +6,7 @@ split and resolution and cached (core.fid).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Callable, Optional
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from core.config import ExperimentConfig
+from core.devices import devices_for_batch
 from core.samplers import sample
 
 
@@ -33,27 +35,43 @@ def class_labels(n: int, num_classes: int, seed: int) -> Optional[np.ndarray]:
 
 
 def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
-                 t_end: float = 0.0) -> Callable:
+                 t_end: float = 0.0, mesh=None, trajectory: bool = False) -> Callable:
   """A jitted function key, labels, low=None -> samples of one batch (floats for to_uint8).
 
-  low: the lower cascade stage's output, for a super-resolution model (cond.task); t_end > 0
-  stops at z_{t_end} (truncated CDM augmentation of the next stage).
+  The batch is split over the mesh's 'data' axis (default: the devices that divide it, one per
+  core on CPU), parameters replicated: each device draws its share. low: the lower cascade
+  stage's output, for a super-resolution model (cond.task); t_end > 0 stops at z_{t_end}
+  (truncated CDM augmentation of the next stage). trajectory: return (samples, trajectory) as
+  core.samplers.sample does.
   """
+  from jax.sharding import NamedSharding, PartitionSpec as P
   from core.conditioning import make_task, repeat_batch
+  from core.devices import make_mesh
   from core.schedules import make_schedule
   schedule = make_schedule(cfg.schedule, cfg.resolution)
   shape = (batch, cfg.resolution, cfg.resolution, cfg.model.out_channels)
   task = make_task(cfg)
+  mesh = mesh or make_mesh(batch=batch)
+  rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  params = jax.device_put(params, rep)
 
-  @jax.jit
-  def draw(key, labels, low=None):
+  # Parameters are an argument, not a closure: closed-over arrays become constants of the
+  # compiled program (slow to compile and held twice).
+  @functools.partial(jax.jit, out_shardings=None if trajectory else rows)
+  def _draw(params, key, labels, low):
     # A stream apart from sample()'s split(key), so a plain model's samples are unchanged.
     cond = task.sample(low, jax.random.fold_in(key, 2))
 
     def model_fn(z, logsnr, labels):
       return trainer.apply(params, z, logsnr, labels, train=False,
                            **repeat_batch(cond, z.shape[0]))
-    return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end)
+    return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end,
+                  sharding=rows, return_trajectory=trajectory)
+
+  def draw(key, labels, low=None):
+    put = lambda x: None if x is None else jax.device_put(x, rows)
+    return _draw(params, jax.device_put(key, rep), put(labels), put(low))
+  draw.mesh = mesh
   return draw
 
 
@@ -139,24 +157,53 @@ def inception_extractor(weights: str = "", need_logits: bool = False):
   return _EXTRACTORS[key]
 
 
-def data_name(cfg: ExperimentConfig) -> str:
-  """Identifies a reference data set in the statistics cache."""
+def reference_num(cfg: ExperimentConfig, split: str) -> int:
+  from core import data as data_lib
+  n_split = len(data_lib.make_source(cfg.data, cfg.resolution, split))
+  return min(n_split, cfg.eval.ref_num or 50_000)
+
+
+def data_name(cfg: ExperimentConfig, split: str) -> str:
+  """Identifies a split's reference images in the statistics cache: the source, the folder's
+  name for people to read, and a fingerprint of what is read (core.data.data_fingerprint)."""
+  from core import data as data_lib
   d = cfg.data
-  if d.source == "shapes":
-    return f"shapes{d.size}"
-  return f"{d.source}-{os.path.basename(os.path.normpath(d.path)) or 'default'}"
+  label = f"shapes{d.size}" if d.source == "shapes" else \
+      f"{d.source}-{os.path.basename(os.path.normpath(d.path)) or 'default'}"
+  return f"{label}-{data_lib.data_fingerprint(d, split, reference_num(cfg, split))}"
 
 
 def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bool) -> dict:
+  """mu, sigma, count and 'features' (up to core.fid.REFERENCE_FEATURES_MAX) of a split."""
   from core import data as data_lib
   from core.fid import reference_stats
-  n_split = len(data_lib.make_source(cfg.data, cfg.resolution, split))
-  num = min(n_split, cfg.eval.ref_num or 50_000)
+  num = reference_num(cfg, split)
   bs = min(cfg.eval.batch_size, num)
   return reference_stats(
-      data_name(cfg), lambda: data_lib.iterate_uint8(cfg.data, cfg.resolution, split, num, bs),
+      data_name(cfg, split),
+      lambda: data_lib.iterate_uint8(cfg.data, cfg.resolution, split, num, bs),
       cfg.eval.stats_dir or None, split=split, resolution=cfg.resolution, num=num,
       extractor=extractor, total=num, progress=progress)
+
+
+def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100) -> dict:
+  """FID and KID (mean, std over subsets) of features against a reference split's figures."""
+  from core.fid import compute_stats, fid_from_stats, kid_from_features
+  kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)
+  return {"fid": fid_from_stats(compute_stats(features), ref), "kid": kid, "kid_std": kid_std}
+
+
+def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tuple[dict, int]:
+  """What a perfect model scores against `ref` at n samples: n real images of the other split
+  (independent of ref's images), measured like samples. Uses the other split's kept features,
+  or its full statistics where it has exactly n images; returns (metrics, images used)."""
+  from core.fid import fid_from_stats, kid_from_features
+  feats = other["features"]
+  if len(feats) >= n:
+    return sample_metrics(feats[:n], ref, kid_subsets), n
+  # fewer kept features than n (n > REFERENCE_FEATURES_MAX): FID from the full statistics
+  kid, kid_std = kid_from_features(feats, ref["features"], subsets=kid_subsets)
+  return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std}, int(other["count"])
 
 
 def train_speed(rows: list[dict]) -> Optional[float]:
@@ -185,7 +232,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
   lower: a cascade's lower stages as (TrainResult, train rows), base first, `result` being its
   last stage; params and train_time_s are then sums over the stages.
   """
-  from core.fid import compute_stats, fid_from_stats, inception_score
+  from core.fid import inception_score
   trainer, state = result.trainer, result.state
   stages = [*lower, (result, train_rows)]
   ev = cfg.eval
@@ -195,7 +242,13 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
          "train_img_per_s": training_speed(stages),
          "train_time_s": sum(r.train_time_s for r, _ in stages),
          "guidance_scale": cfg.sampler.guidance_scale,
-         "num_samples": n, "fid_train": None, "fid_eval": None, "is_mean": None, "is_std": None}
+         "num_samples": n, "fid_train": None, "fid_eval": None, "kid_train": None,
+         "kid_eval": None, "is_mean": None, "is_std": None,
+         # how the samples were drawn (issue 13: evaluation records say so)
+         "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
+                     "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
+         "devices": len(devices_for_batch(min(ev.batch_size, n))),
+         "processes": jax.process_count()}
   if cfg.cond.task == "super_res":
     out["cond_s"] = cfg.sampler.cond_s
   if lower:
@@ -214,10 +267,19 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
         logits.append(o["logits"])
   save_grid(np.concatenate(grid), os.path.join(run_dir, "samples.png"))
   if ext is not None:
-    stats = compute_stats(np.concatenate(feats))
-    out["fid_train"] = fid_from_stats(stats, reference_figures(cfg, cfg.data.split, ext, progress))
-    out["fid_eval"] = fid_from_stats(stats, reference_figures(cfg, cfg.data.eval_split, ext,
-                                                              progress))
+    feats = np.concatenate(feats)
+    refs = {name: reference_figures(cfg, split, ext, progress)
+            for name, split in (("train", cfg.data.split), ("eval", cfg.data.eval_split))}
+    floor = {"resolution": cfg.resolution}
+    for name, other in (("train", "eval"), ("eval", "train")):
+      m = sample_metrics(feats, refs[name])
+      out[f"fid_{name}"], out[f"kid_{name}"], out[f"kid_{name}_std"] = \
+          m["fid"], m["kid"], m["kid_std"]
+      fm, floor["num"] = floor_metrics(len(feats), refs[name], refs[other])
+      floor[f"fid_{name}"], floor[f"kid_{name}"], floor[f"kid_{name}_std"] = \
+          fm["fid"], fm["kid"], fm["kid_std"]
+    out["floor"] = floor
+    out["ref_num"] = {name: int(r["count"]) for name, r in refs.items()}
     if want_logits:
       out["is_mean"], out["is_std"] = inception_score(np.concatenate(logits))
   return out

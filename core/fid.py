@@ -295,7 +295,10 @@ def load_npz(path) -> dict:
   with np.load(path) as z:
     if "mu" in z.files and "sigma" in z.files:
       count = int(z["count"]) if "count" in z.files else -1
-      return {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "count": count}
+      out = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "count": count}
+      if "features" in z.files:   # a reference cache entry keeps features for KID and floors
+        out["features"] = z["features"].astype(np.float32)
+      return out
     for key in ("images", "arr_0"):
       if key in z.files:
         return {"images": _as_uint8_nhwc(z[key], str(path))}
@@ -305,7 +308,7 @@ def load_npz(path) -> dict:
 def save_stats(path, stats: dict, **extra) -> Path:
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
+  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")   # two writers never share one
   np.savez(tmp, mu=np.asarray(stats["mu"], np.float64), sigma=np.asarray(stats["sigma"], np.float64),
            count=np.int64(stats["count"]), **extra)
   os.replace(tmp, path)
@@ -388,12 +391,19 @@ def stats_key(name: str, split: str | None = None, resolution=None, num: int | N
   return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
 
 
+REFERENCE_FEATURES_MAX = 10_000   # reference features kept beside the statistics, for KID
+
+
 def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], cache_dir=None, *,
                     split: str | None = None, resolution=None, num: int | None = None,
                     extractor=None, total: int | None = None, progress: bool = True) -> dict:
-  """Statistics of a data set, computed once and kept as <cache>/fid_stats/<name>-<split>-<res>.npz.
+  """Statistics of a data set, computed once and kept as <cache>/fid_stats/<key>.npz, with the
+  features of up to REFERENCE_FEATURES_MAX of its images (a fixed random subset, for KID and the
+  metric's floor) under 'features'.
 
-  `images_fn()` yields uint8 NHWC batches; it is called only when the cache has no entry.
+  `name` must identify the images (core.data.data_fingerprint does for a run's data): two data
+  sets given one name share an entry. `images_fn()` yields uint8 NHWC batches; it is called
+  only when the cache has no entry, or an entry written before features were kept.
   `extractor` defaults to an InceptionExtractor with the default weights.
   """
   if cache_dir is None:
@@ -401,11 +411,17 @@ def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], ca
     cache_dir = default_cache_dir()
   path = Path(cache_dir) / "fid_stats" / f"{stats_key(name, split, resolution, num)}.npz"
   if path.is_file():
-    return load_stats(path)
+    try:
+      out = load_stats(path)
+    except (OSError, ValueError, EOFError):   # a torn or foreign file: computed afresh
+      out = {}
+    if "features" in out:
+      return out
   if extractor is None:
     from core.inception import InceptionExtractor
     extractor = InceptionExtractor()
   feats = extract_features(images_fn(), extractor, total=total, num=num, desc=path.stem, progress=progress)
   stats = compute_stats(feats["pool"])
-  save_stats(path, stats, network=np.array("inception-2015-12-05 pool_3"))
-  return stats
+  kept = subset(feats["pool"], REFERENCE_FEATURES_MAX).astype(np.float32)
+  save_stats(path, stats, network=np.array("inception-2015-12-05 pool_3"), features=kept)
+  return {**stats, "features": kept}

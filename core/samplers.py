@@ -69,23 +69,37 @@ def guided_v(model_fn: ModelFn, z, logsnr, labels, t, cfg: SamplerConfig):
   return jnp.where(on, (1.0 + eta) * v_c - eta * v_u, v_c)
 
 
+def time_grid(steps: int, t_end: float = 0.0):
+  """(t, s) of each of `steps` steps, s < t: t from 1 down to t_end in equal steps, step i
+  going from t = t_end + (1 - t_end) (steps - i) / steps to the next point of the grid."""
+  i = jnp.arange(steps, dtype=jnp.float32)
+  t = t_end + (1.0 - t_end) * ((steps - i) / steps)
+  s = t_end + (1.0 - t_end) * ((steps - i - 1) / steps)
+  return t, s
+
+
 def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig,
-           labels=None, return_trajectory: bool = False, t_end: float = 0.0):
+           labels=None, return_trajectory: bool = False, t_end: float = 0.0, sharding=None):
   """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x).
 
   t_end > 0 stops at t_end and returns z_{t_end} instead (CDM's truncated conditioning
-  augmentation, SPEC section 4).
+  augmentation, SPEC section 4). return_trajectory: also {'z', 'x_hat'}, each (steps, *shape):
+  z after step i (at time s_i of time_grid) and the x_hat it was drawn from. sharding (a NamedSharding of the batch axis, under jit) keeps
+  z and the noise split over the devices, so each draws its share of the batch; the numbers do
+  not depend on it (JAX's partitionable threefry).
   """
   step_fn = SAMPLERS.get(cfg.name)(cfg)
   n = shape[0]
+  constrain = ((lambda x: jax.lax.with_sharding_constraint(x, sharding)) if sharding is not None
+               else (lambda x: x))
   k_init, k_steps = jax.random.split(key)
-  z = jax.random.normal(k_init, shape)
+  z = constrain(jax.random.normal(k_init, shape))
+
+  ts, ss = time_grid(cfg.steps, t_end)
 
   def body(carry, i):
     z_t, _ = carry
-    # i = 0 .. steps-1: t from 1 down to t_end + (1 - t_end) / steps
-    t = t_end + (1.0 - t_end) * ((cfg.steps - i) / cfg.steps)
-    s = t_end + (1.0 - t_end) * ((cfg.steps - i - 1) / cfg.steps)
+    t, s = ts[i], ss[i]
     logsnr_t = jnp.full((n,), schedule(t))
     logsnr_s = jnp.full((n,), schedule(s))
     v = guided_v(model_fn, z_t, logsnr_t, labels, t, cfg).astype(jnp.float32)
@@ -93,11 +107,11 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
     if cfg.clip_x:
       x_hat = jnp.clip(x_hat, -1.0, 1.0)
     eps_hat = eps_from_v(z_t, v, logsnr_t)
-    noise = jax.random.normal(jax.random.fold_in(k_steps, i), shape)
-    z_s = step_fn(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise)
-    return (z_s, x_hat), (x_hat if return_trajectory else None)
+    noise = constrain(jax.random.normal(jax.random.fold_in(k_steps, i), shape))
+    z_s = constrain(step_fn(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise))
+    return (z_s, x_hat), ({"z": z_s, "x_hat": x_hat} if return_trajectory else None)
 
   # The output is the last step's x_hat: z_0 of a clipped schedule still holds sigma(0) noise.
-  (z, x), traj = jax.lax.scan(body, (z, jnp.zeros(shape)), jnp.arange(cfg.steps))
+  (z, x), traj = jax.lax.scan(body, (z, constrain(jnp.zeros(shape))), jnp.arange(cfg.steps))
   x = z if t_end > 0 else x
   return (x, traj) if return_trajectory else x

@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from core import data as data_lib
 from core import models
 from core.conditioning import make_task
+from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
 from core.runio import append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
@@ -56,11 +57,6 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 
 def learning_rate(cfg: OptimConfig, step) -> float:
   return cfg.lr * min(1.0, float(step) / max(cfg.warmup_steps, 1))
-
-
-def make_mesh(devices=None) -> Mesh:
-  devices = np.asarray(devices if devices is not None else jax.devices())
-  return Mesh(devices.reshape(-1), ("data",))
 
 
 def fsdp_spec(shape, n: int) -> P:
@@ -94,7 +90,7 @@ class Trainer:
 
   def __init__(self, cfg: ExperimentConfig, mesh: Optional[Mesh] = None):
     self.cfg = cfg
-    self.mesh = mesh or make_mesh()
+    self.mesh = mesh or make_mesh(batch=cfg.train.batch_size)
     self.model = models.build_model(cfg.model, cfg.resolution)
     self.task = make_task(cfg)   # extra model inputs, e.g. CDM's low-res image (cond.task)
     self.schedule = make_schedule(cfg.schedule, cfg.resolution)

@@ -1,0 +1,74 @@
+"""Devices and meshes: one XLA CPU device per core, and the mesh a batch is sharded over.
+
+XLA's CPU backend runs the small convolutions and elementwise work of the CPU-tier models on
+about one core per device, whatever the thread pool holds: on 2 cores a unet_small training
+step ran 1.5-1.8x faster over 2 CPU devices than on one, and so does sampling. So on CPU the
+toolkit splits each batch over one device per core, the same jit/Mesh/NamedSharding path that
+spreads it over GPUs or TPU chips.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+ENV = "SIMPLEDIFF_CPU_DEVICES"   # number of CPU devices; 0 leaves JAX's default (one)
+
+
+def cpu_cores() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except (AttributeError, OSError):
+    return os.cpu_count() or 1
+
+
+def configure_cpu_devices(n: Optional[int] = None) -> int:
+  """Asks JAX for `n` CPU devices (default $SIMPLEDIFF_CPU_DEVICES, else one per core).
+
+  Must run before JAX starts its backends; afterwards (or where XLA_FLAGS already forces a
+  device count, as the test suite does) it changes nothing. Returns the count it asked for,
+  0 if it left JAX alone. Accelerator backends are unaffected: their devices stay the default.
+  """
+  import jax
+  from jax._src import xla_bridge
+  if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    return 0
+  if xla_bridge.backends_are_initialized():
+    return 0
+  if n is None:
+    env = os.environ.get(ENV, "").strip()
+    try:
+      n = int(env) if env else cpu_cores()
+    except ValueError:
+      raise ValueError(f"${ENV}={env!r} must be a whole number of CPU devices (0: JAX's "
+                       "default)") from None
+  if n <= 0:
+    return 0
+  jax.config.update("jax_num_cpu_devices", int(n))
+  return int(n)
+
+
+def devices_for_batch(batch: int, devices: Optional[Sequence] = None) -> list:
+  """The devices a batch is split over: all of them, or on CPU the most that divide `batch`.
+
+  An accelerator mesh that does not divide the batch is the user's error (train raises); CPU
+  devices are ours, one per core, so a batch of 6 on 4 cores runs on 3 instead of failing.
+  """
+  import jax
+  devices = list(devices if devices is not None else jax.devices())
+  # Several processes: every one must hold a share of the mesh, so no trimming.
+  if devices and devices[0].platform == "cpu" and batch > 0 and jax.process_count() == 1:
+    k = max(d for d in range(1, len(devices) + 1) if batch % d == 0)
+    return devices[:k]
+  return devices
+
+
+def make_mesh(devices=None, batch: Optional[int] = None):
+  """A 1-D Mesh with axis 'data' over `devices` (default: those devices_for_batch picks)."""
+  from jax.sharding import Mesh
+  if devices is None and batch is not None:
+    devices = devices_for_batch(batch)
+  import jax
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), ("data",))
