@@ -44,7 +44,7 @@ from core.runio import read_json, write_text_atomic
 
 KID_SCALE = 1e3        # KID is shown x 10^3 (values of 1e-3..1e-1 read as 1..100); CSV unscaled
 COLUMNS = ["group", "arm", "FID train", "FID eval", "KID train ×10³", "KID eval ×10³", "IS",
-           "speed", "params", "seeds", "state"]
+           "speed", "params", "min/run", "seeds", "state"]
 PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
 CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
          ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE))
@@ -111,12 +111,14 @@ def _arm_rows(r, paper: bool, table: str, cost) -> tuple[dict, dict]:
        **{c: _fmt(r[k] * sc, r[f"{k}_ci95"] * sc) for c, k, sc in CELLS},
        "IS": _fmt(r["is_mean"], is_pm),
        "speed": _pct(r["speed"]) if n or cost is not None else "",
-       "params": human_count(r["params"]), "seeds": str(n), "state": r["state"]}
+       "params": human_count(r["params"]),
+       "min/run": f"{r['minutes']:.1f}" if finite(r["minutes"]) else "", "seeds": str(n),
+       "state": r["state"]}
   x = {"row": "arm", **{k: r[k] for k in ("group", "arm", "state", "seeds", "runs")}}
   for k in METRICS:
     x.update({f"{k}{s}": r[f"{k}{s}"] for s in ("", "_ci95", "_std", "_n")})
   x.update({k: r[k] for k in ("is_split_std", "kid_train_subset_std", "kid_eval_subset_std",
-                              "params", "train_img_per_s")})
+                              "params", "minutes", "train_img_per_s")})
   x["speed_pct"] = r["speed"]
   if paper:
     p = paper_numbers.lookup(table, r["group"], r["arm"]) or {}
@@ -257,6 +259,10 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
       notes.append(f"speed: training images per second relative to the arm {who} (= 100%), "
                    "each the mean over its finished seeds.")
   notes.append("seeds: finished runs (state done, with eval.json) that the numbers average.")
+  if summ["minutes"].map(finite).any():
+    notes.append("min/run: wall minutes of a run, training (this process's part, compiling "
+                 "included) plus evaluation (sampling, Inception, reference statistics the first "
+                 "time, metrics), the mean over seeds.")
   if floors is not None and len(floors):
     notes.append("data floor: the same metrics for real images drawn afresh at the runs' sample "
                  "count n and resolution (eval.json \"floor\"): what a perfect model would score.")

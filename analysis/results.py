@@ -26,7 +26,7 @@ from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
-             "steps", "guidance_scale")
+             "eval_time_s", "steps", "guidance_scale")
 METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean")
 FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
 GUIDANCE_KEY = "sampler.guidance_scale"
@@ -242,6 +242,10 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
     for k in ("kid_train", "kid_eval"):
       row[f"{k}_subset_std"] = float(done[f"{k}_std"].iloc[0]) if one else math.nan
     row["params"] = _mean_std(done["params"])[0]
+    # wall minutes of a run, training and evaluation (runs without eval_time_s: training only)
+    total = pd.to_numeric(done["train_time_s"], errors="coerce") + \
+        pd.to_numeric(done["eval_time_s"], errors="coerce").fillna(0.0)
+    row["minutes"] = _mean_std(total / 60.0)[0]
     img_s = _mean_std(done["train_img_per_s"])[0]
     row["train_img_per_s"] = img_s
     row["speed"] = 100.0 * img_s / ref_speed if ref_speed and ref_speed > 0 else math.nan
@@ -250,7 +254,7 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
     rows.append(row)
   cols = ["group", "arm", "state", "seeds", "runs",
           *(f"{k}{s}" for k in METRICS for s in ("", "_std", "_ci95", "_n")),
-          "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params",
+          "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params", "minutes",
           "train_img_per_s", "speed", "guidance_scale", "is_reference", "run_ids"]
   return pd.DataFrame(rows, columns=cols)
 

@@ -100,7 +100,7 @@ class CascadeConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  source: str = "shapes"          # shapes | folder | npz | tfds | array_record
+  source: str = "shapes"          # shapes | shapes_simple | folder | npz | tfds | array_record
   path: str = ""                  # folder / npz / array_record path, or tfds name
   split: str = "train"
   eval_split: str = "test"        # for FID "eval" statistics
@@ -123,6 +123,10 @@ class OptimConfig:
   grad_clip: float = 1.0
   weight_decay: float = 0.0
   ema_decay: float = 0.9999
+  # [?] not in SPEC: decay min(ema_decay, (1 + k) / (10 + k)) at step k (TF's num_updates
+  # form), so that a short run's EMA is not dominated by its first, untrained steps. The
+  # paper's 0.9999 over millions of steps needs none (default off); the cpu tier's runs do.
+  ema_warmup: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

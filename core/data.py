@@ -5,6 +5,7 @@ int32}`, built by `make_source(cfg, resolution, split)` from the factory registe
 SOURCES under `cfg.source`:
 
   shapes        the embedded procedural data set (core/shapes.py); cfg.size images per split
+  shapes_simple the same shapes on smooth backgrounds, without distractors (the cpu tier's)
   folder        cfg.path/<split>/<class>/*.jpg (ImageNet / CIFAR layout), or cfg.path/<class>/
                 when cfg.path has no split folders; a folder without class folders is one
                 class. Classes are the sorted sub-folder names of the training split.
@@ -393,11 +394,18 @@ def npz_source(path: str, split: str, resolution: int) -> ArraySource:
   return ArraySource(images, labels, resolution, num_classes=nc)
 
 
+PROCEDURAL = ("shapes", "shapes_simple")   # rendered on demand; cfg.size images a split
+
+
 @SOURCES.register("shapes")
 def _shapes(cfg: DataConfig, resolution: int, split: str) -> ShapesSource:
   if cfg.size <= 0:
-    raise DataError(f"data.size must be positive for the shapes source, got {cfg.size}")
-  return ShapesSource(cfg.size, resolution, split)
+    raise DataError(f"data.size must be positive for the {cfg.source} source, got {cfg.size}")
+  return ShapesSource(cfg.size, resolution, split,
+                      style="simple" if cfg.source == "shapes_simple" else "full")
+
+
+SOURCES.register("shapes_simple")(_shapes)
 
 
 @SOURCES.register("folder")
@@ -470,7 +478,7 @@ def data_fingerprint(cfg: DataConfig, split: str, num: int) -> str:
   h = hashlib.sha1()
   add = lambda *xs: h.update(json.dumps(xs, default=str).encode())
   add(cfg.source, split, num)
-  if cfg.source == "shapes":
+  if cfg.source in PROCEDURAL:
     add(cfg.size)
   elif cfg.source == "tfds":
     add(cfg.path)

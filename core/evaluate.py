@@ -168,7 +168,7 @@ def data_name(cfg: ExperimentConfig, split: str) -> str:
   name for people to read, and a fingerprint of what is read (core.data.data_fingerprint)."""
   from core import data as data_lib
   d = cfg.data
-  label = f"shapes{d.size}" if d.source == "shapes" else \
+  label = f"{d.source}{d.size}" if d.source in data_lib.PROCEDURAL else \
       f"{d.source}-{os.path.basename(os.path.normpath(d.path)) or 'default'}"
   return f"{label}-{data_lib.data_fingerprint(d, split, reference_num(cfg, split))}"
 
@@ -188,9 +188,9 @@ def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bo
 
 def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100) -> dict:
   """FID and KID (mean, std over subsets) of features against a reference split's figures."""
-  from core.fid import compute_stats, fid_from_stats, kid_from_features
+  from core.fid import fid_features_vs_stats, kid_from_features
   kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)
-  return {"fid": fid_from_stats(compute_stats(features), ref), "kid": kid, "kid_std": kid_std}
+  return {"fid": fid_features_vs_stats(features, ref), "kid": kid, "kid_std": kid_std}
 
 
 def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tuple[dict, int]:
@@ -232,7 +232,9 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
   lower: a cascade's lower stages as (TrainResult, train rows), base first, `result` being its
   last stage; params and train_time_s are then sums over the stages.
   """
+  import time
   from core.fid import inception_score
+  t_start = time.perf_counter()
   trainer, state = result.trainer, result.state
   stages = [*lower, (result, train_rows)]
   ev = cfg.eval
@@ -282,4 +284,6 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     out["ref_num"] = {name: int(r["count"]) for name, r in refs.items()}
     if want_logits:
       out["is_mean"], out["is_std"] = inception_score(np.concatenate(logits))
+  # sampling, Inception, reference statistics (once per data set) and metrics, with compiling
+  out["eval_time_s"] = time.perf_counter() - t_start
   return out

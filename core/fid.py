@@ -79,6 +79,29 @@ def fid_from_features(features_a, features_b) -> float:
   return fid_from_stats(compute_stats(features_a), compute_stats(features_b))
 
 
+def fid_features_vs_stats(features, ref: dict) -> float:
+  """FID of n feature vectors against statistics; equal to fid_from_stats(compute_stats(
+  features), ref) to ~3e-8 relative (tested to 1e-6: the D x D route's square roots of the
+  D - n round-off eigenvalues near zero carry that much). With n < D the samples' covariance is
+  A^T A, A = centred features / sqrt(n - 1) of shape (n, D), so S1 S2 has the nonzero
+  eigenvalues of the n x n symmetric A S2 A^T, and Tr sqrtm(S1 S2) their root sum: ~10 ms at
+  n = 256 where the D x D route takes ~1.5 s at D = 2048."""
+  f = np.asarray(features, np.float64)
+  n, dim = f.shape
+  if n >= dim:
+    return fid_from_stats(compute_stats(f), ref)
+  if n < 2:
+    raise ValueError(f"need at least 2 feature vectors of shape (N, D), got {f.shape}")
+  mu = f.mean(axis=0)
+  a = (f - mu) / np.sqrt(n - 1)
+  sigma2 = np.asarray(ref["sigma"], np.float64)
+  m = a @ sigma2 @ a.T
+  ev = np.linalg.eigvalsh((m + m.T) / 2)
+  diff = mu - np.asarray(ref["mu"], np.float64)
+  return float(diff @ diff + np.sum(a * a) + np.trace(sigma2)
+               - 2.0 * np.sqrt(np.maximum(ev, 0.0)).sum())
+
+
 def poly_kernel(x, y) -> np.ndarray:
   """KID's cubic kernel (x.y / d + 1)^3, written as torch-fidelity's kernel_poly (gamma = 1/d,
   multiplied, so the rounding matches too)."""

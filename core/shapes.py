@@ -171,9 +171,20 @@ def _far_colour(d: _Draws, ref, min_dist: float = 0.45):
   return best
 
 
-def sample_scene(rng: np.random.Generator) -> dict:
-  """Draws a scene in resolution-free units: the image is the square [0, 1]^2."""
+STYLES = ("full", "simple")
+
+
+def sample_scene(rng: np.random.Generator, style: str = "full") -> dict:
+  """Draws a scene in resolution-free units: the image is the square [0, 1]^2.
+
+  style "simple": a smooth background (linear or radial gradient) and the main shape alone,
+  no distractors. Its pixels are as redundant as images get, where the paper's argument for
+  the noise shift is strongest, and a model of a few minutes on a CPU learns it; "full" adds
+  striped, checkered and noise backgrounds and distractor shapes.
+  """
   d = _Draws(rng)
+  if style == "simple":
+    return _simple_scene(d)
   bg_kind = d.int(len(BACKGROUNDS))
   c0, c1 = d.colour(), d.colour()
   bg = dict(kind=bg_kind, c0=c0, c1=c1, angle=d(0, 2 * math.pi), period=d(0.06, 0.25),
@@ -194,6 +205,20 @@ def sample_scene(rng: np.random.Generator) -> dict:
                      angle=d(0, 2 * math.pi), colour=_far_colour(d, mean_bg), aux=(d(), d()),
                      shade=(d(-0.3, 0.3), d(0, 2 * math.pi))))
   return dict(background=bg, shapes=shapes, label=label)
+
+
+def _simple_scene(d: _Draws) -> dict:
+  bg_kind = BACKGROUNDS.index(("linear", "radial")[d.int(2)])
+  c0, c1 = d.colour(), d.colour()
+  bg = dict(kind=bg_kind, c0=c0, c1=c1, angle=d(0, 2 * math.pi), period=0.1, phase=0.0,
+            centre=(d(0.1, 0.9), d(0.1, 0.9)), radius=d(0.5, 1.0))
+  label = d.int(NUM_CLASSES)
+  s = d(0.18, 0.32)
+  mean_bg = tuple((a + b) / 2 for a, b in zip(c0, c1))
+  shape = dict(kind=label, size=s, centre=(d(s + 0.02, 0.98 - s), d(s + 0.02, 0.98 - s)),
+               angle=d(0, 2 * math.pi), colour=_far_colour(d, mean_bg), aux=(d(), d()),
+               shade=(d(-0.3, 0.3), d(0, 2 * math.pi)))
+  return dict(background=bg, shapes=[shape], label=label)
 
 
 # --- rendering ------------------------------------------------------------------------
@@ -296,12 +321,16 @@ class ShapesSource:
 
   num_classes = NUM_CLASSES
 
-  def __init__(self, size: int, resolution: int, split: str = "train", seed: int = 0):
+  def __init__(self, size: int, resolution: int, split: str = "train", seed: int = 0,
+               style: str = "full"):
+    if style not in STYLES:
+      raise ValueError(f"shapes: style must be one of {', '.join(STYLES)}, got {style!r}")
     if size <= 0:
       raise ValueError(f"shapes: data.size must be positive, got {size}")
     if resolution < 1:
       raise ValueError(f"shapes: resolution must be positive, got {resolution}")
     self.size, self.resolution, self.split, self.seed = size, resolution, split, seed
+    self.style = style
     self._key = split_key(split)
 
   def __len__(self) -> int:
@@ -309,7 +338,7 @@ class ShapesSource:
 
   def scene(self, i: int) -> dict:
     rng = np.random.default_rng([0x5A4E5, self.seed, self._key, i])
-    return sample_scene(rng)
+    return sample_scene(rng, self.style)
 
   def __getitem__(self, i) -> dict:
     i = int(i)
@@ -320,4 +349,4 @@ class ShapesSource:
 
   def __repr__(self) -> str:
     return (f"ShapesSource(size={self.size}, resolution={self.resolution}, "
-            f"split={self.split!r})")
+            f"split={self.split!r}, style={self.style!r})")

@@ -55,6 +55,14 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
+def ema_decay(cfg: OptimConfig, step):
+  """The EMA decay at step `step` (the update that makes step + 1); see OptimConfig."""
+  if not cfg.ema_warmup:
+    return cfg.ema_decay
+  k = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
+
+
 def learning_rate(cfg: OptimConfig, step) -> float:
   return cfg.lr * min(1.0, float(step) / max(cfg.warmup_steps, 1))
 
@@ -138,7 +146,7 @@ class Trainer:
                                                                     step_key)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    d = self.cfg.optim.ema_decay
+    d = ema_decay(self.cfg.optim, state.step)
     ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, state.ema_params, params)
     # Loss per quarter of t: where in the noise range the model still has to learn.
     t, per = aux["t"], aux["loss_per_example"]

@@ -79,7 +79,7 @@ def fake_eval(k: int, seed: int, **extra) -> dict:
         "is_mean": 5.0 + 0.5 * k + 0.2 * seed, "is_std": 0.1 + 0.01 * k,
         "num_samples": 512, "params": 1_234_567 * (1 + k), "steps": 200, "step": 200,
         "train_img_per_s": 100.0 * (1 + 0.25 * k) + 4.0 * seed,
-        "train_time_s": 60.0, "guidance_scale": 1.0}
+        "train_time_s": 60.0, "eval_time_s": 30.0 + 6.0 * seed, "guidance_scale": 1.0}
   ev.update(extra)
   return ev
 

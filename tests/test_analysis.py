@@ -162,6 +162,8 @@ def test_three_seeds_give_the_t_interval_and_overlap_notes(tmp_path):
   assert d.loc[("128", "shift 32"), "FID eval"] == "27.60 ± 1.49"
   assert d.loc[("128", "shift 64"), "KID eval ×10³"] == "13.00 ± 2.48"
   assert d.loc[("256", "cosine"), "FID train"] == "29.00"          # one seed: no ±
+  # min/run: (train 60 s + eval 30 + 6 seed s) / 60, the mean over seeds 0, 1, 2
+  assert d.loc[("128", "cosine"), "min/run"] == "1.6" and r["minutes"] == pytest.approx(1.6)
   assert any("95% confidence interval" in x and "n=1 to 3" in x for x in t.notes)
   # FID eval: cosine [21.11, 24.09], shift 64 [23.61, 26.59], shift 32 [26.11, 29.09];
   # KID eval x 10^3: 11, 13, 15, each ± 2.48, so every pair overlaps

@@ -271,6 +271,21 @@ def test_fid_properties():
     F.frechet_distance(sa["mu"], sa["sigma"] * np.nan, sb["mu"], sb["sigma"])
 
 
+def test_low_rank_fid_equals_the_full_route(golden):
+  """n < D: the n x n route of fid_features_vs_stats equals the D x D one (TF-GAN's golden
+  values too); n >= D falls back to it."""
+  rng = np.random.default_rng(2)
+  ref = F.compute_stats(rng.normal(size=(500, 64)) * 1.2 + 0.1)
+  for n in (5, 40, 63):
+    f = rng.normal(size=(n, 64))
+    np.testing.assert_allclose(F.fid_features_vs_stats(f, ref),
+                               F.fid_from_stats(F.compute_stats(f), ref), rtol=1e-6)
+  np.testing.assert_allclose(F.fid_features_vs_stats(golden["act_c32"], F.compute_stats(golden["act_d32"])),
+                             golden["fid_cd32"], rtol=1e-6)
+  big = rng.normal(size=(80, 64))
+  assert F.fid_features_vs_stats(big, ref) == F.fid_from_stats(F.compute_stats(big), ref)
+
+
 def test_inception_score_properties():
   assert F.classifier_score_from_logits(np.zeros((100, 1008))) == pytest.approx(1.0, abs=1e-12)
   mean, std = F.inception_score(np.zeros((100, 1008)))

@@ -116,6 +116,15 @@ def test_optimizer_warmup_and_clipping():
   assert train_lib.learning_rate(cfg, 5) == 0.5 and train_lib.learning_rate(cfg, 50) == 1.0
 
 
+def test_ema_decay_warmup():
+  cfg = _cfg(optim__ema_decay=0.999).optim
+  assert train_lib.ema_decay(cfg, 0) == 0.999               # off: the constant, as the paper
+  warm = _cfg(optim__ema_decay=0.999, optim__ema_warmup=True).optim
+  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 0)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 90)), 91 / 100, rtol=1e-6)
+  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 10**6)), 0.999, rtol=1e-6)
+
+
 def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
   """Two processes of 4 devices each on localhost (the multi-host path of TPU VMs and SLURM)."""
   import socket
