@@ -1,0 +1,85 @@
+"""Learning curve by wall time: train one config, evaluate FID and KID at given minutes.
+
+The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.md): it runs
+the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.data,
+core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
+
+  python scripts/learning_curve.py CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
+
+CONFIG_JSON is a nested ExperimentConfig dict, e.g.
+  '{"resolution": 16, "model": {"preset": "unet_tiny", "dropout": 0.0},
+    "data": {"source": "shapes_simple"}, "optim": {"lr": 2e-3, "ema_decay": 0.999,
+    "ema_warmup": true}, "train": {"batch_size": 64}, "sampler": {"steps": 64},
+    "eval": {"num_samples": 256, "batch_size": 256, "ref_num": 256}}'
+FID and KID are against the eval split (cfg.data.eval_split); the first line is the data's
+floor at the same n. --raw also scores the raw (non-EMA) parameters. Sample grids go to
+--out (default /tmp).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def main(argv=None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("config", help="nested ExperimentConfig as JSON")
+  ap.add_argument("--minutes", default="2.5,5", help="training minutes to evaluate at")
+  ap.add_argument("--raw", action="store_true", help="also evaluate the raw parameters")
+  ap.add_argument("--tag", default="run")
+  ap.add_argument("--out", default="/tmp")
+  args = ap.parse_args(argv)
+
+  import jax
+  import numpy as np
+  from core import data as data_lib
+  from core.evaluate import (floor_metrics, generate, inception_extractor, reference_figures,
+                             sample_metrics, save_grid)
+  from core.experiment import resolve
+  from core.train import Trainer
+
+  cfg = resolve(json.loads(args.config))
+  tr = Trainer(cfg)
+  it = iter(data_lib.make_dataset(cfg.data, cfg.resolution, cfg.train.batch_size,
+                                  seed=cfg.train.seed, split=cfg.data.split, train=True))
+  state = tr.init(jax.random.key(cfg.train.seed))
+  key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
+  ext = inception_extractor(cfg.eval.inception_weights)
+  refs = {s: reference_figures(cfg, s, ext, False) for s in (cfg.data.split, cfg.data.eval_split)}
+  ref = refs[cfg.data.eval_split]
+  fl, _ = floor_metrics(cfg.eval.num_samples, ref, refs[cfg.data.split])
+  print(f"{args.tag} floor n={cfg.eval.num_samples} {cfg.resolution}px: FID {fl['fid']:.1f} "
+        f"KID x10^3 {fl['kid'] * 1e3:.2f}", flush=True)
+  trained, step = 0.0, 0
+  for mark in (float(x) for x in args.minutes.split(",")):
+    t0 = time.time()
+    while trained + (time.time() - t0) < mark * 60:
+      state, m = tr.step(state, tr.global_batch(next(it)), key)
+      step += 1
+      if step % 20 == 0:   # keep the clock honest: at most 20 steps in flight
+        jax.block_until_ready(m)
+    jax.block_until_ready(m)
+    trained += time.time() - t0
+    for which in (("ema", "raw") if args.raw else ("ema",)):
+      te = time.time()
+      params = state.ema_params if which == "ema" else state.params
+      feats, grid = [], []
+      for imgs, _ in generate(tr, params, cfg, cfg.eval.num_samples, progress=False):
+        feats.append(ext(imgs)["pool"])
+        grid.append(imgs)
+      mt = sample_metrics(np.concatenate(feats), ref)
+      path = os.path.join(args.out, f"curve_{args.tag}_{which}_{mark:g}.png")
+      save_grid(np.concatenate(grid)[:64], path)
+      print(f"{args.tag} {which} min {mark:g} step {step} images {step * cfg.train.batch_size} "
+            f"loss {float(m['loss']):.4f} FID {mt['fid']:.1f} KID x10^3 {mt['kid'] * 1e3:.1f} "
+            f"eval {time.time() - te:.0f} s  {path}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
