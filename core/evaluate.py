@@ -226,11 +226,12 @@ def training_speed(stages) -> Optional[float]:
 
 
 def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[dict] = (),
-                 progress: bool = True, lower=()) -> dict:
-  """Samples with the EMA parameters, writes samples.png and returns the run's figures.
+                 progress: bool = True, lower=(), grid_path: Optional[str] = None) -> dict:
+  """Samples with the EMA parameters, writes the grid and returns the run's figures.
 
   lower: a cascade's lower stages as (TrainResult, train rows), base first, `result` being its
-  last stage; params and train_time_s are then sums over the stages.
+  last stage; params and train_time_s are then sums over the stages. grid_path: where the
+  sample grid goes (default run_dir/samples.png).
   """
   import time
   from core.fid import inception_score
@@ -267,7 +268,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
       feats.append(o["pool"])
       if want_logits:
         logits.append(o["logits"])
-  save_grid(np.concatenate(grid), os.path.join(run_dir, "samples.png"))
+  save_grid(np.concatenate(grid), grid_path or os.path.join(run_dir, "samples.png"))
   if ext is not None:
     feats = np.concatenate(feats)
     refs = {name: reference_figures(cfg, split, ext, progress)
@@ -287,3 +288,135 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
   # sampling, Inception, reference statistics (once per data set) and metrics, with compiling
   out["eval_time_s"] = time.perf_counter() - t_start
   return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation as its own stage: python -m core.evaluate RUN_DIR [eval.*=... sampler.*=...]
+
+# What may change between training and an evaluation: anything else would be another model.
+EVAL_SECTIONS = ("eval", "sampler")
+
+
+def model_dirs(run_dir: str, cfg: ExperimentConfig) -> list[str]:
+  """Where each stage's checkpoints are: <sweep>/_models/<train_key> for sweep runs (base stage
+  first for a cascade), or run_dir itself for a run trained by `python -m core.train`."""
+  from core.cdm import stage_configs
+  from core.experiment import train_key
+  sweep = os.path.dirname(os.path.abspath(run_dir))
+  dirs = [os.path.join(sweep, "_models", train_key(c)) for c in stage_configs(cfg)]
+  if all(os.path.isdir(os.path.join(d, "ckpt")) for d in dirs):
+    return dirs
+  if len(dirs) == 1 and os.path.isdir(os.path.join(run_dir, "ckpt")):
+    return [run_dir]
+  from core.config import ConfigError
+  missing = [d for d in dirs if not os.path.isdir(os.path.join(d, "ckpt"))]
+  raise ConfigError(f"{run_dir}: no checkpoint of its trained model in {missing[0]}/ckpt "
+                    f"(nor {run_dir}/ckpt); train it first with the sweep command")
+
+
+def restore_trained(cfg: ExperimentConfig, model_dir: str):
+  """A TrainResult from model_dir's newest readable checkpoint, without the data pipeline."""
+  from core.train import Trainer, TrainResult, _checkpoint_manager, restore_latest
+  trainer = Trainer(cfg)
+  mngr = _checkpoint_manager(model_dir, cfg)
+  try:
+    state, data = restore_latest(mngr, trainer)
+  finally:
+    mngr.close()
+  if state is None:
+    from core.config import ConfigError
+    raise ConfigError(f"{model_dir}/ckpt has no readable checkpoint")
+  return TrainResult(trainer=trainer, state=state, steps_run=0, images_per_s=0.0,
+                     train_time_s=float(data.get("train_time_s", 0.0)))
+
+
+def eval_config(run_dir: str, overrides: dict) -> ExperimentConfig:
+  """The run's resolved config (config.yaml) with evaluation-only overrides applied."""
+  import yaml
+  from core.config import ConfigError, set_dotted
+  from core.experiment import resolve
+  path = os.path.join(run_dir, "config.yaml")
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} does not exist: RUN_DIR must be a run directory "
+                      "(results/<sweep>_<tier>/<run_id>)")
+  with open(path) as f:
+    d = yaml.safe_load(f)
+  for k, v in overrides.items():
+    if k.split(".")[0] not in EVAL_SECTIONS:
+      raise ConfigError(f"{k}: only {' and '.join(s + '.*' for s in EVAL_SECTIONS)} keys can "
+                        "change at evaluation (any other key is another trained model)")
+    set_dotted(d, k, v)
+  return resolve(d)
+
+
+def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool = True) -> str:
+  """Samples a finished run from its saved EMA parameters and writes a new evaluation record,
+  run_dir/evals/<name>.json (and its grid <name>.png); returns the record's path.
+
+  Nothing already in run_dir changes: eval.json and samples.png stay the sweep's own
+  evaluation, which the tables read; earlier records in evals/ are kept.
+  """
+  import datetime
+  from core.cdm import stage_configs
+  from core.runio import read_jsonl, write_json_atomic
+  cfg = eval_config(run_dir, overrides or {})
+  configs, dirs = stage_configs(cfg), model_dirs(run_dir, cfg)
+  stages = []
+  for c, d in zip(configs, dirs):
+    rows = read_jsonl(os.path.join(d, "metrics.jsonl"))
+    stages.append((restore_trained(c, d), rows))
+  (result, rows), lower = stages[-1], stages[:-1]
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+  name = (f"{stamp}-n{cfg.eval.num_samples}-{cfg.sampler.name}{cfg.sampler.steps}"
+          f"-g{cfg.sampler.guidance_scale:g}-seed{cfg.eval.seed}")
+  out_dir = os.path.join(run_dir, "evals")
+  base, i = name, 1
+  while os.path.exists(os.path.join(out_dir, name + ".json")):   # never overwrite a record
+    name, i = f"{base}-{i}", i + 1
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(out_dir, exist_ok=True)
+  figures = evaluate_run(result, cfg, run_dir, train_rows=rows, progress=progress, lower=lower,
+                         grid_path=os.path.join(out_dir, name + ".png") if is_main else os.devnull)
+  from core.config import to_dict
+  figures.update(created=stamp, overrides=dict(overrides or {}),
+                 settings={k: to_dict(getattr(cfg, k)) for k in EVAL_SECTIONS},
+                 model_dirs=[os.path.relpath(d, run_dir) for d in dirs])
+  path = os.path.join(out_dir, name + ".json")
+  if is_main:
+    write_json_atomic(path, figures)
+  return path
+
+
+def main(argv: Optional[list] = None) -> int:
+  """python -m core.evaluate RUN_DIR [eval.num_samples=N sampler.steps=S ...] [--no-progress]"""
+  import argparse
+  import sys
+  from core.config import ConfigError
+  ap = argparse.ArgumentParser(description="Evaluate a finished run from its saved EMA "
+                               "parameters into RUN_DIR/evals/, without retraining.")
+  ap.add_argument("run_dir")
+  ap.add_argument("overrides", nargs="*", help="eval.* and sampler.* keys, key=value")
+  ap.add_argument("--no-progress", action="store_true")
+  args = ap.parse_intermixed_args(argv)
+  try:
+    import yaml
+    over = {}
+    for it in args.overrides:
+      if "=" not in it:
+        raise ConfigError(f"override {it!r} is not of the form key=value")
+      k, v = it.split("=", 1)
+      over[k] = yaml.safe_load(v)
+    path = evaluate_dir(args.run_dir, over, progress=not args.no_progress)
+  except (ConfigError, KeyError, ValueError) as e:
+    print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+    return 2
+  from core.runio import read_json
+  rec = read_json(path) or {}
+  print(f"{path}: FID eval {rec.get('fid_eval')}, KID eval {rec.get('kid_eval')}, "
+        f"{rec['num_samples']} samples, {rec['eval_time_s']:.0f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

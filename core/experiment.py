@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from core.config import ConfigError, ExperimentConfig, deep_merge, from_dict, to_dict
@@ -27,3 +29,17 @@ def resolve(d: dict[str, Any]) -> ExperimentConfig:
   from core.conditioning import validate
   validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
   return cfg
+
+
+def train_key(cfg: ExperimentConfig) -> str:
+  """The trained model's identity: the config less what only sampling and evaluation read.
+
+  Runs with one key share one trained model (<sweep>/_models/<key>/), e.g. guidance scales.
+  """
+  d = to_dict(cfg)
+  for k in ("sampler", "eval", "name"):
+    d.pop(k)
+  for k in ("cond", "cascade"):   # sections added later count only when set: old keys hold
+    if d[k] == to_dict(getattr(ExperimentConfig(), k)):
+      d.pop(k)
+  return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]

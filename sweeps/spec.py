@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import itertools
-import json
 import os
 import re
 from typing import Any
@@ -34,7 +32,7 @@ from typing import Any
 import yaml
 
 from core.config import (ConfigError, ExperimentConfig, deep_merge, set_dotted, to_dict)
-from core.experiment import resolve
+from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
 RES_KEYS = ("resolution", "schedule.noise_d", "schedule.noise_d_low", "schedule.noise_d_high",
@@ -152,16 +150,6 @@ def _pick_tier(flat: dict[str, Any], tier: str) -> tuple[dict[str, Any], set[str
     else:
       out[k] = v
   return out, chosen
-
-
-def train_key(cfg: ExperimentConfig) -> str:
-  d = to_dict(cfg)
-  for k in ("sampler", "eval", "name"):
-    d.pop(k)
-  for k in ("cond", "cascade"):   # sections added later count only when set: old keys hold
-    if d[k] == to_dict(getattr(ExperimentConfig(), k)):
-      d.pop(k)
-  return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = None,

@@ -1,0 +1,61 @@
+"""Evaluation as its own stage: python -m core.evaluate RUN_DIR samples a finished run from its
+saved EMA parameters, writes a new record under evals/ and leaves the run directory intact."""
+import os
+
+from core import evaluate
+from core.runio import read_json
+from sweeps import run as runner
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _files(d):
+  out = {}
+  for base, _, names in os.walk(d):
+    for n in names:
+      p = os.path.join(base, n)
+      with open(p, "rb") as f:
+        out[os.path.relpath(p, d)] = f.read()
+  return out
+
+
+def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  res = str(tmp_path / "results")
+  f = os.path.join(ROOT, "ablations/noise_shift.yaml")
+  assert runner.main([f, "tier=smoke", "--results", res, "--no-progress", "--only",
+                      "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}"]) == 0
+  rd = os.path.join(res, "noise_shift_smoke", "128-cosine-s0")
+  before = _files(rd)
+  ev = read_json(os.path.join(rd, "eval.json"))
+
+  # The same settings from the checkpoint give the sweep's own figures: the saved EMA
+  # parameters are the ones training evaluated.
+  assert evaluate.main([rd, "--no-progress"]) == 0
+  same = read_json(next(os.path.join(rd, "evals", n) for n in os.listdir(os.path.join(rd, "evals"))
+                        if n.endswith(".json")))
+  assert abs(same["fid_eval"] - ev["fid_eval"]) < 1e-6
+  assert abs(same["kid_train"] - ev["kid_train"]) < 1e-9
+  assert same["step"] == ev["step"] and same["params"] == ev["params"]
+
+  # Another sample count and sampler: a new record with its settings; nothing else changes.
+  assert evaluate.main([rd, "eval.num_samples=16", "eval.batch_size=16", "sampler.steps=2",
+                        "--no-progress"]) == 0
+  recs = sorted(n for n in os.listdir(os.path.join(rd, "evals")) if n.endswith(".json"))
+  assert len(recs) == 2
+  new = [read_json(os.path.join(rd, "evals", n)) for n in recs]
+  other = next(r for r in new if r["num_samples"] == 16)
+  assert other["sampler"]["steps"] == 2 and other["settings"]["eval"]["num_samples"] == 16
+  assert other["overrides"] == {"eval.num_samples": 16, "eval.batch_size": 16,
+                                "sampler.steps": 2}
+  after = _files(rd)
+  assert {k: v for k, v in after.items() if not k.startswith("evals")} == before
+
+  # A key that would change the trained model: one line naming it, nothing written.
+  capsys.readouterr()
+  assert evaluate.main([rd, "model.base_channels=8", "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "model.base_channels" in err[0]
+  assert evaluate.main([str(tmp_path), "--no-progress"]) == 2
+  assert "config.yaml" in capsys.readouterr().err
+  assert _files(rd) == after
