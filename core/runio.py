@@ -8,6 +8,16 @@ from typing import Any
 
 import yaml
 
+ENV_CACHE = "SIMPLEDIFF_CACHE"
+
+
+def cache_dir(*parts: str) -> str:
+  """The toolkit's cache folder ($SIMPLEDIFF_CACHE, default ~/.cache/simplediff), or a path in it:
+  file lists, reference statistics, Inception weights, compiled programs."""
+  root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache",
+                                                   "simplediff")
+  return os.path.join(root, *parts)
+
 
 def write_text_atomic(path: str, text: str) -> None:
   write_bytes_atomic(path, text.encode())
@@ -59,10 +69,12 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def read_json(path: str, default: Any = None) -> Any:
+  """The file's JSON, or `default` if it is missing, unreadable or not JSON (binary, torn, a
+  folder): one bad file must not hide the rest of a sweep."""
   try:
     with open(path) as f:
       return json.load(f)
-  except (FileNotFoundError, json.JSONDecodeError):
+  except (OSError, ValueError):   # ValueError: JSONDecodeError and UnicodeDecodeError
     return default
 
 

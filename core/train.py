@@ -189,16 +189,19 @@ def _checkpoint_manager(workdir: str, cfg: ExperimentConfig):
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")), options=opts)
 
 
-def save_checkpoint(mngr, state: TrainState, data_state: str) -> None:
+def save_checkpoint(mngr, state: TrainState, data_state: str, train_time_s: float = 0.0) -> None:
+  """train_time_s: training seconds up to this step over every segment of a resumed run."""
   import orbax.checkpoint as ocp
   mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"iterator": data_state})),
+      state=ocp.args.StandardSave(state),
+      data=ocp.args.JsonSave({"iterator": data_state, "train_time_s": float(train_time_s)})),
       force=True)
   mngr.wait_until_finished()
 
 
 def restore_latest(mngr, trainer: Trainer, log: Callable[[str], None] = print):
-  """Newest readable checkpoint as (state, data_state), falling back to older ones."""
+  """Newest readable checkpoint as (state, data): data holds 'iterator' (the data pipeline's
+  state) and 'train_time_s' (training seconds up to it); falls back to older ones."""
   import orbax.checkpoint as ocp
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           trainer.abstract_state, trainer.state_sharding)
@@ -206,11 +209,23 @@ def restore_latest(mngr, trainer: Trainer, log: Callable[[str], None] = print):
     try:
       out = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-      return out["state"], out["data"]["iterator"]
+      return out["state"], out["data"]
     except Exception as e:  # a torn write or a corrupt file: say so and try the one before
+      aside = _move_aside(mngr, step)
       log(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); "
-          "falling back to the one before")
+          f"kept as {aside}, falling back to the one before")
   return None, None
+
+
+def _move_aside(mngr, step: int) -> str:
+  """Renames an unreadable step's folder (kept for inspection) so that the step can be saved
+  again; otherwise every rerun would fail on 'step already exists'."""
+  src = os.path.join(str(mngr.directory), str(step))
+  dst = f"{src}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+  if jax.process_index() == 0 and os.path.isdir(src):
+    os.replace(src, dst)
+  mngr.reload()
+  return os.path.basename(dst)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,11 +276,13 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
                              process_index=jax.process_index(), process_count=nproc)
   it = iter(ds)
   mngr = _checkpoint_manager(workdir, cfg)
-  state, data_state = restore_latest(mngr, trainer, log)
+  state, data = restore_latest(mngr, trainer, log)
+  time_before = 0.0   # training seconds of earlier segments, so that a resumed run counts all
   if state is None:
     state = trainer.init(jax.random.key(tc.seed))
   else:
-    data_lib.restore_iterator(it, data_state)
+    data_lib.restore_iterator(it, data["iterator"])
+    time_before = float(data.get("train_time_s", 0.0))
     log(f"resumed from step {int(state.step)}")
   start = int(state.step)
   key = jax.random.fold_in(jax.random.key(tc.seed), 1)
@@ -299,9 +316,11 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
     if boundary or ckpt_due:
       if not bool(finite):
         bar.close()
+        kept = (f"the last good checkpoint (step {last_good}) is intact in {workdir}/ckpt"
+                if last_good else "no checkpoint had been written yet")
         raise NonFiniteLossError(
-            f"loss became {float(m['loss'])} by step {step}; stopped without saving, the last "
-            f"good checkpoint (step {last_good}) is intact in {workdir}/ckpt")
+            f"loss became {float(m['loss'])} by step {step}; stopped without saving; {kept} "
+            "(a lower optim.lr or optim.grad_clip usually helps)")
     if boundary:
       now = time.perf_counter()
       ips = (step - last_step) * tc.batch_size / max(now - last_t, 1e-9)
@@ -314,7 +333,8 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
           on_log(row)
       bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
     if ckpt_due:
-      save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it))
+      save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it),
+                      time_before + time.perf_counter() - t0)
       last_good = step
     if stop_after is not None and steps_this_call >= stop_after:
       break
@@ -323,7 +343,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
   elapsed = time.perf_counter() - t0
   return TrainResult(trainer=trainer, state=state, steps_run=steps_this_call,
                      images_per_s=steps_this_call * tc.batch_size / max(elapsed, 1e-9),
-                     train_time_s=elapsed)
+                     train_time_s=time_before + elapsed)
 
 
 def main(argv=None) -> None:

@@ -125,6 +125,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--tpu-commands", action="store_true",
                   help="print the per-host command of each run for a TPU VM pod slice")
   ap.add_argument("--no-progress", action="store_true")
+  ap.add_argument("--redo", action="store_true",
+                  help="runs whose folder holds other settings: move the old folder to "
+                       "<sweep>/_replaced/ and run again (default: stop with an error)")
   ap.add_argument("--launcher", default="",
                   help="run through a Hydra launcher plugin: basic, joblib (local processes), "
                        "submitit_slurm, submitit_local; one job per trained model")
@@ -156,6 +159,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       print(f"{len(runs)} runs of {meta['sweep']} at tier {meta['tier']}")
       return 0
     preflight(runs)
+    check_changes(runs, sweep_dir(args.results, meta), args.redo)
   except (ConfigError, KeyError, ValueError) as e:
     msg = e.args[0] if e.args else str(e)
     print(f"error: {msg}", file=sys.stderr)
@@ -175,16 +179,106 @@ def main(argv: Optional[list[str]] = None) -> int:
     failed = sum((read_json(os.path.join(sdir, r.run_id, "status.json")) or {}).get("state")
                  != "done" for r in runs)
   else:
-    failed = run_all(runs, sdir, progress=not args.no_progress)
+    try:
+      with _sigterm_as_interrupt():
+        failed = run_all(runs, sdir, progress=not args.no_progress)
+    except KeyboardInterrupt as e:
+      how = "SIGTERM" if e.args == ("SIGTERM",) else "Ctrl-C"
+      print(f"\nstopped by {how}: finished runs are kept, the interrupted one resumes from its "
+            "last checkpoint; rerun the same command to go on", file=sys.stderr)
+      return 130
   print(f"\n{meta['title']} — tier {meta['tier']}, {time.time() - t0:.0f} s\n")
   print(summary_table(meta, sdir))
   return 1 if failed else 0
 
 
+class _sigterm_as_interrupt:
+  """SIGTERM (a scheduler's kill, `kill PID`) takes the same path as Ctrl-C: the run is marked
+  interrupted and the sweep says how to resume, instead of dying silently."""
+
+  def __enter__(self):
+    import signal
+    import threading
+    self.old = None
+    if threading.current_thread() is threading.main_thread():
+      def raise_interrupt(signum, frame):
+        raise KeyboardInterrupt("SIGTERM")
+      self.old = signal.signal(signal.SIGTERM, raise_interrupt)
+    return self
+
+  def __exit__(self, *exc):
+    import signal
+    if self.old is not None:
+      signal.signal(signal.SIGTERM, self.old)
+    return False
+
+
 def is_done(sdir: str, r: RunSpec) -> bool:
   rd = os.path.join(sdir, r.run_id)
-  st = read_json(os.path.join(rd, "status.json")) or {}
-  return st.get("state") == "done" and os.path.exists(os.path.join(rd, "eval.json"))
+  st = read_json(os.path.join(rd, "status.json"))
+  return (isinstance(st, dict) and st.get("state") == "done"
+          and isinstance(read_json(os.path.join(rd, "eval.json")), dict))
+
+
+def _flat(d, prefix=""):
+  out = {}
+  for k, v in (d or {}).items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(run_dir: str, cfg) -> list[str]:
+  """'key=recorded -> requested' for each setting in which run_dir's config.yaml differs from
+  cfg. A key the record lacks counts only if cfg sets it off its default (a field added since
+  the run with its default changes nothing); a key cfg lacks (a field removed) does not count."""
+  import yaml
+  from core.config import ExperimentConfig
+  path = os.path.join(run_dir, "config.yaml")
+  if not os.path.exists(path):
+    return []
+  try:
+    with open(path) as f:
+      old = _flat(yaml.safe_load(f))
+  except (OSError, yaml.YAMLError) as e:
+    return [f"config.yaml unreadable ({type(e).__name__})"]
+  new, default = _flat(to_dict(cfg)), _flat(to_dict(ExperimentConfig()))
+  out = []
+  for k, v in new.items():
+    if k in old:
+      a, b = old[k], v
+      if isinstance(a, list) or isinstance(b, list):
+        a, b = list(a or []), list(b or [])
+      if a != b:
+        out.append(f"{k}={old[k]!r} -> {v!r}")
+    elif k in default and v != default[k]:
+      out.append(f"{k}=(unset) -> {v!r}")
+  return out
+
+
+def check_changes(runs: list[RunSpec], sdir: str, redo: bool) -> None:
+  """A run folder made with other settings is never reused silently: error, or with --redo
+  moved aside (kept, renamed) so that the run starts again."""
+  changed = [(r, c) for r in runs for c in [config_changes(os.path.join(sdir, r.run_id),
+                                                            r.config)] if c]
+  if not changed:
+    return
+  if not redo:
+    r, c = changed[0]
+    more = f" (and {len(c) - 1} more keys)" if len(c) > 1 else ""
+    others = f"; {len(changed) - 1} more runs differ too" if len(changed) > 1 else ""
+    raise ConfigError(f"{os.path.join(sdir, r.run_id)} was made with other settings: {c[0]}"
+                      f"{more}{others}; pass --results OTHER_FOLDER to keep both, --redo to move "
+                      "the old runs aside and run them again, or python -m core.evaluate "
+                      "RUN_DIR for another evaluation of the same model")
+  stamp = time.strftime("%Y%m%dT%H%M%S")
+  os.makedirs(os.path.join(sdir, "_replaced"), exist_ok=True)
+  for r, _ in changed:
+    os.replace(os.path.join(sdir, r.run_id), os.path.join(sdir, "_replaced",
+                                                          f"{r.run_id}-{stamp}"))
+    print(f"{r.run_id}: made with other settings, moved to _replaced/{r.run_id}-{stamp}")
 
 
 def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
@@ -204,11 +298,15 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
     except Exception as e:  # recorded; the sweep goes on
       failed += 1
       err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      os.makedirs(rd, exist_ok=True)
-      with open(os.path.join(rd, "error.log"), "w") as f:
-        f.write(traceback.format_exc())
-      set_status(rd, "failed", error=err)
-      print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
+      try:
+        os.makedirs(rd, exist_ok=True)
+        with open(os.path.join(rd, "error.log"), "w") as f:
+          f.write(traceback.format_exc())
+        set_status(rd, "failed", error=err)
+        print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
+      except OSError as e2:  # the run's folder itself is the problem (a file, read-only)
+        print(f"  failed: {err}; could not record it in {rd} ({type(e2).__name__}: {e2})",
+              file=sys.stderr)
   return failed
 
 

@@ -291,13 +291,23 @@ def test_partial_and_broken_runs_never_crash(tmp_path):
   with open(os.path.join(sdir, run_id("128", "r=64", 0), "eval.json"), "w") as f:
     f.write('{"fid_train": 3.')
   os.remove(os.path.join(sdir, run_id("128", "r=32", 0), "status.json"))
+  # a binary status.json (issue 15.6: it used to hide the whole sweep), and a run that is a file
+  with open(os.path.join(sdir, run_id("128", "r=16", 0), "status.json"), "wb") as f:
+    f.write(b"\xff\xfe\x00binary")
   d = make_tables.build_table(load_sweep(sdir)).display.set_index("arm")
+  assert d.loc["r=16", "state"] == "done" and d.loc["r=16", "FID train"] != ""
   assert d.loc["r=128", "state"] == "done, no eval.json" and d.loc["r=128", "FID train"] == ""
   assert d.loc["r=64", "state"] == "done, no eval.json"
   assert d.loc["r=32", "state"] == "done" and d.loc["r=32", "FID train"] != ""
   # the torn last line of a metrics.jsonl is skipped
   train, evals = run_metrics(os.path.join(sdir, run_id("128", "none", 0)))
   assert len(train) == 20 and train["step"].max() == 200 and len(evals) == 2
+  # a run "folder" that is a file shows as missing; the others stand
+  import shutil
+  shutil.rmtree(os.path.join(sdir, run_id("128", "r=64", 0)))
+  open(os.path.join(sdir, run_id("128", "r=64", 0)), "w").close()
+  d = make_tables.build_table(load_sweep(sdir)).display.set_index("arm")
+  assert d.loc["r=64", "state"] == "missing" and d.loc["r=32", "FID train"] != ""
   # a sweep.json listing runs of which none has a folder yet
   empty = write_fake_sweep(root, sweep="blocks16", table="4")
   for name in os.listdir(empty):

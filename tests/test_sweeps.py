@@ -80,7 +80,7 @@ def test_other_sweeps_paper_tier_settings():
 def test_small_tiers_scale_resolutions_and_keep_the_axis():
   _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "cpu")
   c = _by(runs, "128", "shift 32")
-  assert (c.resolution, c.schedule.noise_d, c.data.source) == (16, 4, "shapes")
+  assert (c.resolution, c.schedule.noise_d, c.data.source) == (16, 4, "shapes_simple")
   c = _by(runs, "256", "shift 128")
   assert (c.resolution, c.schedule.noise_d) == (32, 16)  # the same ratio image_d / noise_d
   _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "smoke", seeds=2)
@@ -220,3 +220,68 @@ def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
     assert read_json(str(res / "two_paper" / rid / "eval.json"))["step"] == 1
   assert len(os.listdir(res / "two_paper" / "_models")) == 2
   assert runner.main(argv[:-4] + ["--launcher", "nope"]) == 2  # unknown launcher: one line
+
+
+def test_rerun_with_other_settings_is_an_error_or_redone(tmp_path, monkeypatch, capsys):
+  """A finished run is not reported as done for settings it was not made with (issue 15.3)."""
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  f = os.path.join(ROOT, "ablations/noise_shift.yaml")
+  res = str(tmp_path / "r")
+  base = [f, "tier=smoke", "--results", res, "--no-progress", "--only", "128-cosine-s0",
+          "eval.fid=false"]
+  assert runner.main(base) == 0
+  rd = os.path.join(res, "noise_shift_smoke", "128-cosine-s0")
+  before = open(os.path.join(rd, "eval.json")).read()
+  capsys.readouterr()
+  for extra, key in ((["train.steps=3"], "train.steps=2 -> 3"),
+                     (["eval.num_samples=4"], "eval.num_samples")):
+    assert runner.main(base + extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and key in err[0] and "--redo" in err[0], err
+    assert open(os.path.join(rd, "eval.json")).read() == before   # nothing lost
+  # The same settings: skipped as before.
+  assert runner.main(base) == 0
+  assert "done, skipped" in capsys.readouterr().out
+  # --redo: the old folder kept aside, the run made again with the new settings.
+  assert runner.main(base + ["train.steps=3", "--redo"]) == 0
+  assert read_json(os.path.join(rd, "eval.json"))["step"] == 3
+  kept = os.listdir(os.path.join(res, "noise_shift_smoke", "_replaced"))
+  assert len(kept) == 1 and kept[0].startswith("128-cosine-s0-")
+  old = os.path.join(res, "noise_shift_smoke", "_replaced", kept[0], "eval.json")
+  assert open(old).read() == before
+
+
+def test_a_run_folder_that_is_a_file_fails_alone(tmp_path, monkeypatch, capsys):
+  """One bad run shows as bad; the others stand (issue 15.6)."""
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  f = os.path.join(ROOT, "ablations/noise_shift.yaml")
+  res = tmp_path / "r"
+  (res / "noise_shift_smoke").mkdir(parents=True)
+  (res / "noise_shift_smoke" / "128-cosine-s0").write_text("not a folder")
+  assert runner.main([f, "tier=smoke", "--results", str(res), "--no-progress", "eval.fid=false",
+                      "--only", "128-cosine-s0", "--only", "128-shift-64-s0"]) == 1
+  assert "128-cosine-s0" in capsys.readouterr().err
+  st = read_json(str(res / "noise_shift_smoke" / "128-shift-64-s0" / "status.json"))
+  assert st["state"] == "done"
+  assert (res / "noise_shift_smoke" / "128-cosine-s0").read_text() == "not a folder"
+
+
+def test_sigterm_stops_with_one_message_and_the_run_resumable(tmp_path):
+  env = {**os.environ, "SIMPLEDIFF_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+  cmd = [sys.executable, "-m", "sweeps.run", "ablations/dropout.yaml", "tier=smoke",
+         "--results", str(tmp_path / "r"), "--no-progress", "eval.fid=false", "--only", "none",
+         "train.steps=400", "train.ckpt_every=1000"]
+  sdir = tmp_path / "r" / "dropout_smoke"
+  p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  t0 = time.time()
+  while time.time() - t0 < 600:
+    if ((read_json(str(sdir / "128-none-s0" / "status.json")) or {}).get("step") or 0) >= 1:
+      break
+    time.sleep(0.2)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 130, err[-2000:]
+  assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
+  st = read_json(str(sdir / "128-none-s0" / "status.json"))
+  assert st["state"] == "failed" and st["error"] == "interrupted"

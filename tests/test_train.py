@@ -86,6 +86,21 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
   state, _ = train_lib.restore_latest(train_lib._checkpoint_manager(str(tmp_path), cfg), tr)
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in _leaves(state.params))
+  # No checkpoint yet: the message must not promise one.
+  monkeypatch.setattr(train_lib, "diffusion_loss", poisoned)
+  with pytest.raises(NonFiniteLossError, match="no checkpoint had been written yet"):
+    train(cfg, str(tmp_path / "fresh"))
+
+
+def test_train_time_counts_every_segment_of_a_resumed_run(tmp_path):
+  cfg = _cfg()
+  first = train(cfg, str(tmp_path), stop_after=2)
+  second = train(cfg, str(tmp_path))
+  assert second.steps_run == 2 and second.train_time_s > first.train_time_s
+  # Nothing left to train (a kill during evaluation): the time is still the whole run's.
+  again = train(cfg, str(tmp_path))
+  # (what the last checkpoint recorded: all but its own save)
+  assert again.steps_run == 0 and first.train_time_s < again.train_time_s <= second.train_time_s
 
 
 def test_unreadable_newest_checkpoint_falls_back(tmp_path):
@@ -101,6 +116,15 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
                                       Trainer(cfg), log=msgs.append)
   assert int(state.step) == 2
   assert any("step 4 is unreadable" in m for m in msgs)
+  # The bad step is kept aside, not in the way: the rerun trains steps 3-4 and saves step 4.
+  kept = [n for n in os.listdir(tmp_path / "ckpt") if n.startswith("4.unreadable-")]
+  assert len(kept) == 1 and open(next(
+      os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "ckpt" / kept[0]) for f in fs),
+      "rb").read() == b"garbage"
+  assert int(train(cfg, str(tmp_path)).state.step) == 4
+  state, _ = train_lib.restore_latest(train_lib._checkpoint_manager(str(tmp_path), cfg),
+                                      Trainer(cfg))
+  assert int(state.step) == 4
 
 
 def test_optimizer_warmup_and_clipping():
@@ -148,3 +172,30 @@ def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
     assert abs(float(got["loss"]) - float(m["loss"])) < 1e-5
     for j, a in enumerate(ref):
       np.testing.assert_allclose(got[f"p{j}"], a, atol=1e-5)
+
+
+_COMPILE = """
+import functools, os, time
+import core, jax, jax.numpy as jnp
+f = jax.jit(lambda x: functools.reduce(lambda a, i: jnp.tanh(a @ a.T) + i, range(80), x))
+t = time.perf_counter(); f(jnp.ones((64, 64))).block_until_ready()
+print(time.perf_counter() - t)
+"""
+
+
+def test_compiled_programs_persist_in_the_cache_folder(tmp_path):
+  """The second process loads what the first compiled; SIMPLEDIFF_COMPILE_CACHE=0 writes none."""
+  import subprocess
+  import sys
+  env = {**os.environ, "SIMPLEDIFF_CACHE": str(tmp_path / "c")}
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  run = lambda e: float(subprocess.run([sys.executable, "-c", _COMPILE], env=e, check=True,
+                                       capture_output=True, text=True).stdout.split()[-1])
+  cold = run(env)
+  entries = os.listdir(tmp_path / "c" / "jax")
+  assert entries, "nothing cached"
+  warm = run(env)
+  assert sorted(os.listdir(tmp_path / "c" / "jax")) == sorted(entries)  # a hit adds nothing
+  assert warm < cold
+  run({**env, "SIMPLEDIFF_CACHE": str(tmp_path / "off"), "SIMPLEDIFF_COMPILE_CACHE": "0"})
+  assert not os.path.exists(tmp_path / "off" / "jax")
