@@ -159,8 +159,8 @@ class _DecodingSource:
 
 
 def _cache_dir() -> str:
-  return os.path.join(os.environ.get("SIMPLEDIFF_CACHE",
-                                     os.path.expanduser("~/.cache/simplediff")), "filelists")
+  from core.runio import cache_dir
+  return cache_dir("filelists")
 
 
 def _scan(split_dir: str, classes: list[str]):

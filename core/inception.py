@@ -41,13 +41,14 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from core.runio import ENV_CACHE
+
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
 BN_EPS = 1e-3
 
 ENV_WEIGHTS = "SIMPLEDIFF_INCEPTION"
-ENV_CACHE = "SIMPLEDIFF_CACHE"
 ENV_OFFLINE = "SIMPLEDIFF_OFFLINE"
 
 
@@ -693,7 +694,8 @@ class InceptionWeightsNotFound(FileNotFoundError):
 
 
 def default_cache_dir() -> Path:
-  return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "simplediff")
+  from core.runio import cache_dir
+  return Path(cache_dir())
 
 
 def fid_helper_weights() -> Path | None:
