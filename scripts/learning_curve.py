@@ -5,6 +5,7 @@ the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.d
 core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
 
   python scripts/learning_curve.py CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
+  python scripts/learning_curve.py CONFIG_JSON --steps 1500,3000   # marks in steps instead
 
 CONFIG_JSON is a nested ExperimentConfig dict, e.g.
   '{"resolution": 16, "model": {"preset": "unet_tiny", "dropout": 0.0},
@@ -30,6 +31,9 @@ def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("config", help="nested ExperimentConfig as JSON")
   ap.add_argument("--minutes", default="2.5,5", help="training minutes to evaluate at")
+  ap.add_argument("--steps", default="",
+                  help="training steps to evaluate at instead of minutes (fair between runs "
+                       "on a busy machine)")
   ap.add_argument("--raw", action="store_true", help="also evaluate the raw parameters")
   ap.add_argument("--tag", default="run")
   ap.add_argument("--out", default="/tmp")
@@ -56,9 +60,10 @@ def main(argv=None) -> int:
   print(f"{args.tag} floor n={cfg.eval.num_samples} {cfg.resolution}px: FID {fl['fid']:.1f} "
         f"KID x10^3 {fl['kid'] * 1e3:.2f}", flush=True)
   trained, step = 0.0, 0
-  for mark in (float(x) for x in args.minutes.split(",")):
+  by_steps = bool(args.steps)
+  for mark in (float(x) for x in (args.steps or args.minutes).split(",")):
     t0 = time.time()
-    while trained + (time.time() - t0) < mark * 60:
+    while (step < mark) if by_steps else (trained + (time.time() - t0) < mark * 60):
       state, m = tr.step(state, tr.global_batch(next(it)), key)
       step += 1
       if step % 20 == 0:   # keep the clock honest: at most 20 steps in flight
@@ -75,7 +80,7 @@ def main(argv=None) -> int:
       mt = sample_metrics(np.concatenate(feats), ref)
       path = os.path.join(args.out, f"curve_{args.tag}_{which}_{mark:g}.png")
       save_grid(np.concatenate(grid)[:64], path)
-      print(f"{args.tag} {which} min {mark:g} step {step} images {step * cfg.train.batch_size} "
+      print(f"{args.tag} {which} min {trained / 60:.2f} step {step} images {step * cfg.train.batch_size} "
             f"loss {float(m['loss']):.4f} FID {mt['fid']:.1f} KID x10^3 {mt['kid'] * 1e3:.1f} "
             f"eval {time.time() - te:.0f} s  {path}", flush=True)
   return 0
