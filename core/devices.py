@@ -90,6 +90,6 @@ def configure_compilation_cache() -> str:
     path = cache_dir("jax")
     jax.config.update("jax_compilation_cache_dir", path)
   # Small programs too: a smoke run is many compilations of a fraction of a second each.
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
   return path
