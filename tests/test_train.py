@@ -188,7 +188,8 @@ def test_compiled_programs_persist_in_the_cache_folder(tmp_path):
   import subprocess
   import sys
   env = {**os.environ, "SIMPLEDIFF_CACHE": str(tmp_path / "c")}
-  env.pop("JAX_COMPILATION_CACHE_DIR", None)
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)   # the suite's own cache and threshold
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   run = lambda e: float(subprocess.run([sys.executable, "-c", _COMPILE], env=e, check=True,
                                        capture_output=True, text=True).stdout.split()[-1])
   cold = run(env)
