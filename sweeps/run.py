@@ -18,7 +18,7 @@ from typing import Optional
 from core.config import ConfigError, to_dict
 from core.runio import (owner, read_json, read_jsonl, run_state, write_json_atomic,
                         write_yaml_atomic)
-from sweeps.spec import RunSpec, expand, parse_overrides, train_key
+from sweeps.spec import RunSpec, _flatten, expand, parse_overrides, train_key
 
 
 def sweep_dir(results: str, meta: dict) -> str:
@@ -220,16 +220,6 @@ def is_done(sdir: str, r: RunSpec) -> bool:
           and isinstance(read_json(os.path.join(rd, "eval.json")), dict))
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in (d or {}).items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def config_changes(run_dir: str, cfg) -> list[str]:
   """'key=recorded -> requested' for each setting in which run_dir's config.yaml differs from
   cfg. A key the record lacks counts only if cfg sets it off its default (a field added since
@@ -241,10 +231,10 @@ def config_changes(run_dir: str, cfg) -> list[str]:
     return []
   try:
     with open(path) as f:
-      old = _flat(yaml.safe_load(f))
+      old = _flatten(yaml.safe_load(f) or {})
   except (OSError, yaml.YAMLError) as e:
     return [f"config.yaml unreadable ({type(e).__name__})"]
-  new, default = _flat(to_dict(cfg)), _flat(to_dict(ExperimentConfig()))
+  new, default = _flatten(to_dict(cfg)), _flatten(to_dict(ExperimentConfig()))
   out = []
   for k, v in new.items():
     if k in old:
