@@ -84,6 +84,115 @@ def owner() -> dict:
   return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
+def _alive(holder: Any) -> bool:
+  """Whether the process a lock or status names may still run. Another host's process cannot
+  be checked from here and counts as alive; a reused pid can make a dead one look alive."""
+  import socket
+  if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int):
+    return False   # unreadable or half-written: no process stands behind it
+  if holder.get("host") != socket.gethostname():
+    return True
+  try:
+    os.kill(holder["pid"], 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass  # alive, another user's
+  return True
+
+
+class LockHeld(RuntimeError):
+  """Another live process owns the folder; .holder says who."""
+
+  def __init__(self, path: str, holder: dict):
+    self.path, self.holder = path, holder
+    super().__init__(f"{os.path.dirname(path)} is in use by pid {holder.get('pid')} on "
+                     f"{holder.get('host')} (since {holder.get('since_utc', '?')}); wait for it"
+                     " to finish or stop it (its lock ends with the process), or use another "
+                     "results folder")
+
+
+class DirLock:
+  """Exclusive ownership of a run or model folder across processes: an flock on `<folder>/.lock`,
+  which names the owner's host and pid. The kernel drops the lock when its process dies
+  however it dies (SIGKILL, OOM), so a stale lock recovers by itself; the file is removed on
+  release. A second process gets LockHeld naming the owner, or with wait_s waits for it.
+
+    with DirLock(run_dir):            # LockHeld if a live process owns run_dir
+    with DirLock(model_dir, wait_s=math.inf, on_wait=print):  # wait for the owner instead
+  """
+
+  NAME = ".lock"
+
+  def __init__(self, folder: str, wait_s: float = 0.0, poll_s: float = 1.0, on_wait=None):
+    self.path = os.path.join(folder, self.NAME)
+    self.wait_s, self.poll_s, self.on_wait = wait_s, poll_s, on_wait
+    self.fd: Any = None
+
+  @property
+  def held(self) -> bool:
+    return self.fd is not None
+
+  def holder(self) -> Any:
+    return read_json(self.path)
+
+  def _try(self) -> bool:
+    import fcntl
+    import socket
+    import time
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      return False
+    try:
+      same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+    except FileNotFoundError:
+      same = False
+    if not same:   # the owner removed the file between our open and our lock: try afresh
+      os.close(fd)
+      return self._try()
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "since_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(me).encode(), 0)
+    os.fsync(fd)
+    self.fd = fd
+    return True
+
+  def acquire(self) -> "DirLock":
+    import time
+    t0, told = time.monotonic(), False
+    while not self._try():
+      h = self.holder() or {}
+      if time.monotonic() - t0 >= self.wait_s:
+        raise LockHeld(self.path, h)
+      if self.on_wait is not None and not told:
+        self.on_wait(f"waiting for pid {h.get('pid')} on {h.get('host')}, which holds "
+                     f"{os.path.dirname(self.path)}")
+        told = True
+      time.sleep(self.poll_s)
+    return self
+
+  def release(self) -> None:
+    if self.fd is not None:
+      try:
+        os.remove(self.path)   # while still locked: a waiter on this file sees it replaced
+      except FileNotFoundError:
+        pass
+      os.close(self.fd)
+      self.fd = None
+
+  def __enter__(self) -> "DirLock":
+    return self.acquire()
+
+  def __exit__(self, *exc) -> bool:
+    self.release()
+    return False
+
+
 def run_state(status: Any) -> str:
   """status.json's state, except that a "running" run whose process on this host is gone reads
   "killed" (SIGKILL and the OOM killer leave no chance to write "failed"). A reused pid can
@@ -93,13 +202,4 @@ def run_state(status: Any) -> str:
   state = str(status["state"])
   if state != "running" or not isinstance(status.get("pid"), int):
     return state
-  import socket
-  if status.get("host") != socket.gethostname():
-    return state  # another machine's process: cannot tell from here
-  try:
-    os.kill(status["pid"], 0)
-  except ProcessLookupError:
-    return "killed"
-  except PermissionError:
-    pass  # alive, another user's
-  return state
+  return state if _alive(status) else "killed"

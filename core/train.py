@@ -29,7 +29,7 @@ from core.conditioning import make_task
 from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
-from core.runio import append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
+from core.runio import DirLock, append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
 from core.schedules import make_schedule
 
 
@@ -254,13 +254,24 @@ def _maybe_init_distributed(cfg: ExperimentConfig) -> None:
 
 def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
           stop_after: Optional[int] = None, log: Callable[[str], None] = print,
-          on_log: Optional[Callable[[dict], None]] = None) -> TrainResult:
+          on_log: Optional[Callable[[dict], None]] = None,
+          lock_wait_s: float = 0.0) -> TrainResult:
   """Trains to cfg.train.steps, resuming from workdir's newest checkpoint.
 
   stop_after: return after this many steps of this call (to test interruption).
   on_log: called on process 0 with each metrics row as it is written.
+  lock_wait_s: workdir is owned by one process at a time (runio.DirLock); another live owner
+  raises LockHeld at once, or after this many seconds of waiting for it (math.inf: until it is
+  done, then this call resumes from what it wrote). A multi-process run is owned by its launch.
   """
   _maybe_init_distributed(cfg)
+  if jax.process_count() > 1:
+    return _train(cfg, workdir, mesh, stop_after, log, on_log)
+  with DirLock(workdir, wait_s=lock_wait_s, on_wait=log):
+    return _train(cfg, workdir, mesh, stop_after, log, on_log)
+
+
+def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:

@@ -8,6 +8,7 @@ recorded with its error and the sweep goes on; the exit code is 1 if any run fai
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -16,8 +17,8 @@ import traceback
 from typing import Optional
 
 from core.config import ConfigError, to_dict
-from core.runio import (owner, read_json, read_jsonl, run_state, write_json_atomic,
-                        write_yaml_atomic)
+from core.runio import (DirLock, LockHeld, owner, read_json, read_jsonl, run_state,
+                        write_json_atomic, write_yaml_atomic)
 from sweeps.spec import RunSpec, _flatten, expand, parse_overrides, train_key
 
 
@@ -78,7 +79,9 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
     # status.json follows training (step counted over all stages of a cascade)
     on_log = lambda row, b=done_before: set_status(run_dir, "running", step=b + int(row["step"]),
                                                    steps=total, **who)
-    result = train(c, model_dir, on_log=on_log)
+    # Another process training the same model (a concurrent sweep sharing it): wait for it,
+    # then resume from what it wrote, which is then finished.
+    result = train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
     done_before += c.train.steps
     name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
     shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
@@ -263,6 +266,11 @@ def check_changes(runs: list[RunSpec], sdir: str, redo: bool) -> None:
                       f"{more}{others}; pass --results OTHER_FOLDER to keep both, --redo to move "
                       "the old runs aside and run them again, or python -m core.evaluate "
                       "RUN_DIR for another evaluation of the same model")
+  for r, _ in changed:   # never move a folder from under the process that is writing it
+    try:
+      DirLock(os.path.join(sdir, r.run_id)).acquire().release()
+    except LockHeld as e:
+      raise ConfigError(f"--redo: {e}") from None
   stamp = time.strftime("%Y%m%dT%H%M%S")
   os.makedirs(os.path.join(sdir, "_replaced"), exist_ok=True)
   for r, _ in changed:
@@ -271,32 +279,70 @@ def check_changes(runs: list[RunSpec], sdir: str, redo: bool) -> None:
     print(f"{r.run_id}: made with other settings, moved to _replaced/{r.run_id}-{stamp}")
 
 
+def _owned(rd: str, distributed: bool):
+  """The run folder's lock (runio.DirLock); a pod-slice run is owned by its launch instead."""
+  import contextlib
+  return contextlib.nullcontext() if distributed else DirLock(rd)
+
+
 def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
-  """Runs (or skips, when finished) each run in order; returns the number that failed."""
-  failed = 0
+  """Runs (or skips, when finished) each run in order; returns the number that failed.
+
+  Each run is owned by one process while it runs: a run that another live process holds (the
+  same command started twice, two sweeps on one results folder) is skipped, never written
+  beside it."""
+  failed, busy = 0, []
   for i, r in enumerate(runs):
     rd = os.path.join(sdir, r.run_id)
     if is_done(sdir, r):
       print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
       continue
-    print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)", flush=True)
     try:
-      run_one(r, sdir, progress=progress)
-    except KeyboardInterrupt:
-      set_status(rd, "failed", error="interrupted")
-      raise
-    except Exception as e:  # recorded; the sweep goes on
-      failed += 1
-      err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-      try:
-        os.makedirs(rd, exist_ok=True)
-        with open(os.path.join(rd, "error.log"), "w") as f:
-          f.write(traceback.format_exc())
-        set_status(rd, "failed", error=err)
-        print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
-      except OSError as e2:  # the run's folder itself is the problem (a file, read-only)
-        print(f"  failed: {err}; could not record it in {rd} ({type(e2).__name__}: {e2})",
-              file=sys.stderr)
+      lock = _owned(rd, r.config.train.distributed)
+      lock.__enter__()
+    except LockHeld as e:
+      print(f"[{i + 1}/{len(runs)}] {r.run_id}: in use by pid {e.holder.get('pid')} on "
+            f"{e.holder.get('host')}, skipped", flush=True)
+      busy.append(r.run_id)
+      continue
+    except OSError:
+      lock = None   # the folder cannot be made (a file, read-only): run_one reports it
+    try:
+      if is_done(sdir, r):   # finished by the other process while we waited for the lock
+        print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
+        continue
+      print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)",
+            flush=True)
+      failed += _run_recorded(r, sdir, rd, progress)
+    finally:
+      if lock is not None:
+        lock.__exit__(None, None, None)
+  if busy:
+    print(f"{len(busy)} runs were in use by another process and skipped ({', '.join(busy)}); "
+          "rerun this command when it has finished to complete the sweep", file=sys.stderr)
+  return failed
+
+
+def _run_recorded(r: RunSpec, sdir: str, rd: str, progress: bool) -> int:
+  """run_one, with a failure recorded in the run folder; returns 1 if it failed."""
+  failed = 0
+  try:
+    run_one(r, sdir, progress=progress)
+  except KeyboardInterrupt:
+    set_status(rd, "failed", error="interrupted")
+    raise
+  except Exception as e:  # recorded; the sweep goes on
+    failed += 1
+    err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+      os.makedirs(rd, exist_ok=True)
+      with open(os.path.join(rd, "error.log"), "w") as f:
+        f.write(traceback.format_exc())
+      set_status(rd, "failed", error=err)
+      print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
+    except OSError as e2:  # the run's folder itself is the problem (a file, read-only)
+      print(f"  failed: {err}; could not record it in {rd} ({type(e2).__name__}: {e2})",
+            file=sys.stderr)
   return failed
 
 
