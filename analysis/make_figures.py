@@ -413,8 +413,9 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
 def _read_image(path: str, max_side: int = 768) -> Optional[np.ndarray]:
   try:
     from PIL import Image
+    from core.data import to_rgb8
     with Image.open(path) as im:
-      im = im.convert("RGB")
+      im = to_rgb8(im)
       if max(im.size) > max_side:   # paper-tier grids are huge; a figure cell needs little
         s = max_side / max(im.size)
         im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))),

@@ -72,10 +72,44 @@ def _first_line(e: BaseException) -> str:
 
 # --- image decoding ------------------------------------------------------------------------
 
+class ImageModeError(ValueError):
+  """An image whose pixel format has no faithful 8-bit RGB reading."""
+
+
+def to_rgb8(img: Image.Image) -> Image.Image:
+  """Any mode PIL opens -> 8-bit RGB, by value, not by truncation. PIL's own convert("RGB")
+  clips 16- and 32-bit integer pixels at 255, which turns a 16-bit PNG all white.
+
+  - 1, L, P, PA, CMYK, YCbCr, LAB, HSV: PIL's conversion (palette looked up, CMYK inverted);
+  - RGBA, LA, PA: the alpha channel is dropped, as the FID reference code does;
+  - I;16 (16-bit PNG, TIFF): value / 257, rounded; I (32-bit integer, which is how PIL opens
+    16-bit grayscale files of other formats): the same if its values fit 16 bits, as 8-bit if
+    they fit 8, else refused;
+  - F (32-bit float) and anything else: refused (ImageModeError), since no range is implied.
+  """
+  mode = img.mode
+  if mode == "RGB":
+    return img
+  if mode in ("1", "L", "P", "PA", "RGBA", "RGBa", "LA", "La", "CMYK", "YCbCr", "LAB", "HSV",
+              "RGBX"):
+    return img.convert("RGB")
+  if mode.startswith("I"):
+    a = np.asarray(img).astype(np.int64)
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if lo < 0 or hi > 65535:
+      raise ImageModeError(f"{mode} image with values {lo}..{hi}: not 8- or 16-bit; convert "
+                           "it to 8-bit RGB first")
+    if mode.startswith("I;16") or hi > 255:
+      a = (a * 255 + 32767) // 65535          # round(a / 257), exactly
+    g = a.astype(np.uint8)
+    return Image.fromarray(np.repeat(g[..., None], 3, -1), "RGB")
+  raise ImageModeError(f"image mode {mode!r} (e.g. 32-bit float) has no implied 8-bit range; "
+                       "convert it to 8-bit RGB first")
+
+
 def crop_resize(img: Image.Image, resolution: int) -> np.ndarray:
   """Centre crop to a square, resize to (resolution, resolution); returns uint8 (R, R, 3)."""
-  if img.mode != "RGB":
-    img = img.convert("RGB")
+  img = to_rgb8(img)
   w, h = img.size
   if w != resolution or h != resolution:
     s = min(w, h)

@@ -274,8 +274,12 @@ def list_images(folder) -> list[Path]:
 
 def _load_rgb(path: Path) -> np.ndarray:
   from PIL import Image
+  from core.data import ImageModeError, to_rgb8
   with Image.open(path) as im:
-    return np.asarray(im.convert("RGB"), np.uint8)
+    try:
+      return np.asarray(to_rgb8(im), np.uint8)
+    except ImageModeError as e:
+      raise ImageModeError(f"{path}: {e}") from None
 
 
 def iterate_image_files(files: list, batch_size: int) -> Iterator[np.ndarray]:

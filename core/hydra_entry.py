@@ -41,7 +41,11 @@ def run_hydra(fn: Callable, argv=None) -> None:
       cfg = resolve(d)
     except (ConfigError, KeyError) as e:
       sys.exit(f"error: {e}")
-    fn(cfg, workdir)
+    from core.runio import LockHeld
+    try:
+      fn(cfg, workdir)
+    except LockHeld as e:   # the same workdir trained by another live process
+      sys.exit(f"error: {e}")
 
   if argv is not None:
     sys.argv = [sys.argv[0], *argv]

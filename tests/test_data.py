@@ -328,3 +328,48 @@ def test_state_json_keeps_non_string_keys():
   it = It()
   data.restore_iterator(it, data.iterator_state_to_json(it))
   assert it.restored == {"next_index": 3, "future_states": {2: {"next_index": 5}}, "l": [1]}
+
+
+def _encoded(im: Image.Image, fmt: str = "PNG") -> bytes:
+  import io
+  b = io.BytesIO()
+  im.save(b, fmt)
+  return b.getvalue()
+
+
+def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
+  """Issue 15.4: PIL's convert("RGB") clips 16-bit pixels at 255 (an all-white image)."""
+  from core.fid import _load_rgb
+  ramp16 = (np.arange(64, dtype=np.int64).reshape(8, 8) * 1040).astype(np.uint16)  # 0..65520
+  want16 = np.round(ramp16 / 257).astype(np.uint8)
+  rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
+  pal = Image.fromarray(rgb).quantize(16)
+  cases = {
+      "I;16 png": (Image.fromarray(ramp16), "PNG", np.repeat(want16[..., None], 3, -1)),
+      "I tiff (16-bit values)": (Image.fromarray(ramp16.astype(np.int32)), "TIFF",
+                                 np.repeat(want16[..., None], 3, -1)),
+      "L": (Image.fromarray(rgb[..., 0]), "PNG", np.repeat(rgb[..., :1], 3, -1)),
+      "LA": (Image.fromarray(np.stack([rgb[..., 0], rgb[..., 1]], -1), "LA"), "PNG",
+             np.repeat(rgb[..., :1], 3, -1)),
+      "RGBA": (Image.fromarray(np.concatenate([rgb, rgb[..., :1]], -1), "RGBA"), "PNG", rgb),
+      "P": (pal, "PNG", np.asarray(pal.convert("RGB"))),
+      "CMYK": (Image.fromarray(rgb).convert("CMYK"), "TIFF",
+               np.asarray(Image.fromarray(rgb).convert("CMYK").convert("RGB"))),
+      "1": (Image.fromarray(rgb[..., 0] > 127), "PNG",
+            np.repeat(((rgb[..., :1] > 127) * 255).astype(np.uint8), 3, -1)),
+  }
+  for name, (im, fmt, want) in cases.items():
+    raw = _encoded(im, fmt)
+    got = data.decode_image(raw, 8)
+    assert got.dtype == np.uint8 and got.shape == (8, 8, 3), name
+    np.testing.assert_array_equal(got, want, err_msg=name)
+    path = tmp_path / f"{name.split()[0].replace(';', '')}.{fmt.lower()}"
+    path.write_bytes(raw)
+    np.testing.assert_array_equal(_load_rgb(path), want, err_msg=f"analysis.fid: {name}")
+  # A float image has no implied range: refused, and analysis.fid names the file.
+  f = tmp_path / "float.tiff"
+  f.write_bytes(_encoded(Image.fromarray(np.full((8, 8), 0.5, np.float32)), "TIFF"))
+  with pytest.raises(data.ImageModeError, match="float"):
+    data.decode_image(str(f), 8)
+  with pytest.raises(data.ImageModeError, match="float.tiff"):
+    _load_rgb(f)
