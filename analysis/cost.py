@@ -510,6 +510,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--no-write", action="store_true", help="print only")
   a = ap.parse_intermixed_args(argv)
   from core.config import ConfigError
+  for name, v, least in (("--batch", a.batch, 1), ("--resolution", a.resolution, 1),
+                         ("--measure-steps", a.measure_steps, 1), ("--warmup", a.warmup, 0)):
+    if v is not None and v < least:
+      print(f"error: {name} {v} is impossible; pass {name} N with N >= {least}", file=sys.stderr)
+      return 2
+  for name, v in (("--max-measure-s", a.max_measure_s), ("--memory-limit-gb", a.memory_limit_gb)):
+    if v is not None and not v > 0:
+      print(f"error: {name} {v} must be positive", file=sys.stderr)
+      return 2
   try:
     if a.table1:
       print(format_table1(table1()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zipfile
 
 
 def _parser():
@@ -34,7 +35,7 @@ def _parser():
   ap.add_argument("--weights", default=None, help="Inception weights file (else the default search)")
   ap.add_argument("--save-stats", metavar="OUT.npz", default=None, help="save PATH_A's statistics")
   ap.add_argument("--save-stats-b", metavar="OUT.npz", default=None, help="save PATH_B's statistics")
-  ap.add_argument("--quiet", action="store_true", help="no progress bars")
+  ap.add_argument("--quiet", action="store_true", help="no progress bars or weights line")
   return ap
 
 
@@ -44,6 +45,29 @@ LOAD_BATCH = 50  # images read and decoded a batch; the Inception batch is --bat
 def _fail(msg: str) -> int:
   print(f"error: {msg}", file=sys.stderr)
   return 2
+
+
+def _check_stats(path, stats: dict) -> str | None:
+  """Why a statistics .npz cannot give an FID, or None."""
+  import numpy as np
+  mu, sigma = np.asarray(stats["mu"]), np.asarray(stats["sigma"])
+  if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
+    return (f"{path}: statistics need mu of shape (D,) and sigma (D, D), got {mu.shape} and "
+            f"{sigma.shape}; save them with --save-stats")
+  if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    return f"{path}: the statistics hold NaN or infinite values; compute them again (--save-stats)"
+  return None
+
+
+def _bad_image(files) -> object:
+  """The first of files that does not decode (core.fid's error names only the folder)."""
+  from core import fid as F
+  for f in files:
+    try:
+      next(F.iterate_image_files([f], 1))
+    except (OSError, ValueError):
+      return f
+  return None
 
 
 def main(argv=None) -> int:
@@ -65,9 +89,20 @@ def main(argv=None) -> int:
       continue
     try:
       sources.append(F.open_source(p, num=args.num))
-    except (OSError, ValueError) as e:
-      return _fail(str(e))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__   # np.load's: no path
+      return _fail(msg if msg.startswith(str(p)) else
+                   f"{p}: unreadable ({msg}); pass an image folder, an .npz of images or a "
+                   "statistics .npz")
   a, b = sources
+  for p, src in ((args.path_a, a), (args.path_b, b)):
+    why = src is not None and src.stats is not None and _check_stats(p, src.stats)
+    if why:
+      return _fail(why)
+  if a.stats is not None and b is not None and b.stats is not None and \
+      len(a.stats["mu"]) != len(b.stats["mu"]):
+    return _fail(f"{args.path_b}: statistics of dimension {len(b.stats['mu'])}, but "
+                 f"{args.path_a} has {len(a.stats['mu'])}; compare statistics of one network")
   if args.inception_score and a.stats is not None:
     return _fail(f"{args.path_a}: IS needs images, not statistics")
   for p, src in ((args.path_a, a), (args.path_b, b)):
@@ -82,7 +117,7 @@ def main(argv=None) -> int:
     from core.inception import InceptionExtractor, InceptionWeightsNotFound, load_inception_params
     try:
       extractor = InceptionExtractor(args.weights, need_logits=args.inception_score,
-                                     batch_size=args.batch_size, verbose=True)
+                                     batch_size=args.batch_size, verbose=not args.quiet)
     except InceptionWeightsNotFound as e:
       if args.inception_score:
         try:  # weights exist but lack the 1008-way head: say that in one line
@@ -108,6 +143,9 @@ def main(argv=None) -> int:
                                 num=args.num,
                                 logits=args.inception_score and i == 0, progress=not args.quiet)
     except (OSError, ValueError) as e:  # an unreadable image, say
+      bad = _bad_image(src.files) if src.files is not None else None
+      if bad is not None:
+        return _fail(f"{bad}: {e}; remove or replace this file")
       return _fail(f"{src.path}: {e}")
     n = len(feats["pool"])
     dt = time.perf_counter() - t
@@ -118,6 +156,10 @@ def main(argv=None) -> int:
     pools.append(feats["pool"])
     if "logits" in feats:
       logits = feats["logits"]
+
+  if stats[1] is not None and len(stats[0]["mu"]) != len(stats[1]["mu"]):
+    return _fail(f"{args.path_a} has features of dimension {len(stats[0]['mu'])} and "
+                 f"{args.path_b} of {len(stats[1]['mu'])}; pass statistics of this network")
 
   for st, out in ((stats[0], args.save_stats), (stats[1], args.save_stats_b)):
     if out is not None:

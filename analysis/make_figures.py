@@ -517,7 +517,23 @@ def main(argv: Optional[list[str]] = None) -> int:
   g.add_argument("--no-paper", dest="with_paper", action="store_false")
   args = ap.parse_args(argv)
   if not os.path.isdir(args.results):
-    print(f"error: results folder {args.results!r} does not exist", file=sys.stderr)
+    what = "is a file, not a folder" if os.path.exists(args.results) else "does not exist"
+    print(f"error: results folder {args.results!r} {what}; pass the folder sweeps.run wrote "
+          "(--results, default results/)", file=sys.stderr)
+    return 2
+  skipped: list[str] = []
+  if not load_results(args.results, warn=skipped.append) and skipped:  # before any figure
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    print(f"error: no readable sweep in {args.results!r}: {skipped[0].removeprefix('skipped ')}"
+          f"{more}; rerun its sweep to rewrite sweep.json, or move the folder away",
+          file=sys.stderr)
+    return 2
+  out = args.out or os.path.join(args.results, "figures")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    print(f"error: --out {out!r}: cannot make the folder ({e.strerror}); pass --out a writable "
+          "folder", file=sys.stderr)
     return 2
   matplotlib.use("Agg")
   paths = make_all(args.results, args.out, args.with_paper,

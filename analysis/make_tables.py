@@ -368,14 +368,30 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--quiet", action="store_true", help="do not print the tables")
   args = ap.parse_args(argv)
   if not os.path.isdir(args.results):
-    print(f"error: results folder {args.results!r} does not exist", file=sys.stderr)
+    what = "is a file, not a folder" if os.path.exists(args.results) else "does not exist"
+    print(f"error: results folder {args.results!r} {what}; pass the folder sweeps.run wrote "
+          "(--results, default results/)", file=sys.stderr)
     return 2
-  warn = lambda m: print(f"warning: {m}", file=sys.stderr)
-  sweeps = load_results(args.results, warn=warn)
+  skipped: list[str] = []
+  sweeps = load_results(args.results, warn=skipped.append)
+  if skipped and not sweeps:   # nothing readable: an error, not "no sweeps"
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    print(f"error: no readable sweep in {args.results!r}: {skipped[0].removeprefix('skipped ')}"
+          f"{more}; rerun its sweep to rewrite sweep.json, or move the folder away",
+          file=sys.stderr)
+    return 2
+  for m in skipped:
+    print(f"warning: {m}", file=sys.stderr)
   if not sweeps:
     print(f"no sweeps in {args.results!r} (no sub-folder holds a sweep.json); no tables written")
     return 0
   out = args.out or os.path.join(args.results, "tables")
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    print(f"error: --out {out!r}: cannot make the folder ({e.strerror}); pass --out a writable "
+          "folder", file=sys.stderr)
+    return 2
   for s in sweeps:
     t = build_table(s, args.with_paper)
     paths = write_table(t, out)

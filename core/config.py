@@ -281,3 +281,20 @@ def replace(cfg, **dotted: Any):
 
 def experiment_from_dict(d: Optional[dict[str, Any]] = None) -> ExperimentConfig:
   return from_dict(ExperimentConfig, d or {})
+
+
+# Counts and sizes that no run can have at zero or below: caught when the config is resolved,
+# not as a division by zero or an empty loop mid-run.
+POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
+            "train.ckpt_every", "eval.num_samples", "eval.batch_size", "sampler.steps")
+
+
+def check_values(cfg: ExperimentConfig) -> None:
+  """Values of the right type that are impossible raise ConfigError, naming the key."""
+  for key in POSITIVE:
+    v = cfg
+    for part in key.split("."):
+      v = getattr(v, part)
+    if v < 1:
+      raise ConfigError(f"{key}={v} is impossible: it must be a positive integer (pass {key}=N, "
+                        "N >= 1)")

@@ -339,8 +339,15 @@ def eval_config(run_dir: str, overrides: dict) -> ExperimentConfig:
   if not os.path.exists(path):
     raise ConfigError(f"{path} does not exist: RUN_DIR must be a run directory "
                       "(results/<sweep>_<tier>/<run_id>)")
-  with open(path) as f:
-    d = yaml.safe_load(f)
+  try:
+    with open(path) as f:
+      d = yaml.safe_load(f)
+  except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+    raise ConfigError(f"{path} cannot be read ({type(e).__name__}); RUN_DIR must be a run "
+                      "directory with the config.yaml its training wrote") from None
+  if not isinstance(d, dict):
+    raise ConfigError(f"{path} holds no config mapping; RUN_DIR must be a run directory with "
+                      "the config.yaml its training wrote")
   for k, v in overrides.items():
     if k.split(".")[0] not in EVAL_SECTIONS:
       raise ConfigError(f"{k}: only {' and '.join(s + '.*' for s in EVAL_SECTIONS)} keys can "
@@ -406,7 +413,10 @@ def main(argv: Optional[list] = None) -> int:
       if "=" not in it:
         raise ConfigError(f"override {it!r} is not of the form key=value")
       k, v = it.split("=", 1)
-      over[k] = yaml.safe_load(v)
+      try:
+        over[k] = yaml.safe_load(v)
+      except yaml.YAMLError:   # not YAML: the string itself, which the config's types check
+        over[k] = v
     path = evaluate_dir(args.run_dir, over, progress=not args.no_progress)
   except (ConfigError, KeyError, ValueError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)

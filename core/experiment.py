@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import Any
 
-from core.config import ConfigError, ExperimentConfig, deep_merge, from_dict, to_dict
+from core.config import ConfigError, ExperimentConfig, check_values, deep_merge, from_dict, to_dict
 
 
 def resolve(d: dict[str, Any]) -> ExperimentConfig:
@@ -26,9 +26,26 @@ def resolve(d: dict[str, Any]) -> ExperimentConfig:
   if model:
     d["model"] = model
   cfg = from_dict(ExperimentConfig, d)
+  check_values(cfg)
+  check_names(cfg)
   from core.conditioning import validate
   validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
   return cfg
+
+
+def check_names(cfg: ExperimentConfig) -> None:
+  """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
+  typo fails when the config is resolved rather than when training or sampling reaches it."""
+  from core.data import SOURCES
+  from core.diffusion import LOSSES
+  from core.samplers import SAMPLERS
+  from core.schedules import SCHEDULES
+  for key, value, registry in (("schedule.name", cfg.schedule.name, SCHEDULES),
+                               ("loss.name", cfg.loss.name, LOSSES),
+                               ("sampler.name", cfg.sampler.name, SAMPLERS),
+                               ("data.source", cfg.data.source, SOURCES)):
+    if value not in registry:
+      raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(registry.names())}")
 
 
 def train_key(cfg: ExperimentConfig) -> str:

@@ -1,14 +1,69 @@
 """Hydra front door shared by `python -m core.train`: key=value overrides of ExperimentConfig.
 
-Hydra parses and validates the overrides against the full default config (struct mode, so an
-unknown key is a one-line error naming it), then our typed from_dict checks values.
+Bad input (an override Hydra cannot parse, an unknown key, an impossible value, data that is not
+there) is one line on stderr and exit status 2, checked before Hydra starts the job (which
+would write its log file) and before any training.
 """
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
-from core.config import ConfigError, ExperimentConfig, to_dict
+from core.config import ConfigError, ExperimentConfig, set_dotted, to_dict
+
+
+def _fail(msg: str) -> NoReturn:
+  print(f"error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _check(cfg: ExperimentConfig) -> None:
+  """What resolve cannot see: the model builds at this resolution and the data is there (the
+  sweep runner's preflight, for this one run)."""
+  from sweeps.run import preflight
+  from sweeps.spec import RunSpec
+  preflight([RunSpec(run_id=cfg.name, arm=cfg.name, group="", seed=cfg.train.seed, values={},
+                     config=cfg, train_key="")])
+
+
+def precheck(argv: list[str]) -> None:
+  """The overrides as Hydra will read them, checked first: Hydra's own errors take several
+  lines (and exit 1), and by the time the job sees the values it has written its log file."""
+  from hydra._internal.utils import get_args_parser
+  from hydra.core.override_parser.overrides_parser import OverridesParser
+  from hydra.core.override_parser.types import OverrideType
+  from hydra.errors import HydraException
+  from core.experiment import resolve
+  parser = OverridesParser.create()
+  default = to_dict(ExperimentConfig())
+  d: dict = {}
+  args = get_args_parser().parse_args(argv)
+  for arg in args.overrides:
+    try:
+      ov = parser.parse_override(arg)
+    except HydraException as e:   # the grammar's errors
+      why = [l for l in str(e).splitlines() if not l.startswith(("Error parsing", "See "))]
+      _fail(f"cannot parse the override {arg!r} ({'; '.join(why) or 'bad syntax'}); write "
+            "key=value, e.g. train.steps=100")
+    key = ov.key_or_group
+    if key == "workdir" or key.startswith(("hydra.", "hydra/")) or ov.type == OverrideType.DEL:
+      continue
+    value = ov.value()
+    if ov.is_sweep_override() and not args.multirun:
+      _fail(f"{arg!r} holds several values: write a list as {key}=[a,b], quote a string as "
+            f"{key}='a,b', or sweep them with --multirun")
+    if ov.is_sweep_override() or (isinstance(value, str) and "${" in value):
+      value = default   # resolved by Hydra later: the key is checked here, the value in the job
+      for p in key.split("."):
+        value = value.get(p) if isinstance(value, dict) else None
+    try:
+      set_dotted(d, key, value)
+    except ConfigError as e:
+      _fail(str(e))
+  try:
+    _check(resolve(d))
+  except (ConfigError, KeyError, ValueError) as e:
+    _fail(e.args[0] if e.args else str(e))
 
 
 def run_hydra(fn: Callable, argv=None) -> None:
@@ -38,9 +93,10 @@ def run_hydra(fn: Callable, argv=None) -> None:
     d.setdefault("name", full["name"])
     workdir = full["workdir"]
     try:
-      cfg = resolve(d)
-    except (ConfigError, KeyError) as e:
-      sys.exit(f"error: {e}")
+      cfg = resolve(d)   # again: a value Hydra interpolated was not known to precheck
+      _check(cfg)
+    except (ConfigError, KeyError, ValueError) as e:
+      _fail(e.args[0] if e.args else str(e))
     from core.runio import LockHeld
     try:
       fn(cfg, workdir)
@@ -49,4 +105,5 @@ def run_hydra(fn: Callable, argv=None) -> None:
 
   if argv is not None:
     sys.argv = [sys.argv[0], *argv]
+  precheck(sys.argv[1:])
   _main()

@@ -162,14 +162,18 @@ def main(argv: Optional[list[str]] = None) -> int:
       print(f"{len(runs)} runs of {meta['sweep']} at tier {meta['tier']}")
       return 0
     preflight(runs)
-    check_changes(runs, sweep_dir(args.results, meta), args.redo)
+    sdir = sweep_dir(args.results, meta)
+    check_changes(runs, sdir, args.redo)
+    try:   # a results folder that is a file, or cannot be written: before any run starts
+      os.makedirs(sdir, exist_ok=True)
+    except OSError as e:
+      raise ConfigError(f"--results {args.results}: cannot make {sdir} ({e.strerror}); pass "
+                        "--results a writable folder") from None
   except (ConfigError, KeyError, ValueError) as e:
     msg = e.args[0] if e.args else str(e)
     print(f"error: {msg}", file=sys.stderr)
     return 2
 
-  sdir = sweep_dir(args.results, meta)
-  os.makedirs(sdir, exist_ok=True)
   old = read_json(os.path.join(sdir, "sweep.json")) or {}
   if args.only and old.get("runs"):  # keep the full listing when running a subset
     meta = {**meta, "runs": old["runs"]}

@@ -86,13 +86,24 @@ def slug(s: str) -> str:
 def load_sweep(path: str) -> dict[str, Any]:
   if not os.path.exists(path):
     raise ConfigError(f"sweep file {path!r} does not exist")
+  if os.path.isdir(path):
+    raise ConfigError(f"sweep file {path!r} is a directory; pass a sweep file in it, e.g. "
+                      "ablations/noise_shift.yaml")
   try:
     with open(path) as f:
       spec = yaml.safe_load(f)
   except yaml.YAMLError as e:
-    raise ConfigError(f"sweep file {path!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    raise ConfigError(f"sweep file {path!r} is not valid YAML: "
+                      f"{getattr(e, 'problem', None) or str(e).splitlines()[0]}{at}") from None
+  except (OSError, UnicodeDecodeError) as e:
+    raise ConfigError(f"sweep file {path!r} cannot be read ({e}); pass a readable YAML "
+                      "file") from None
   if not isinstance(spec, dict):
-    raise ConfigError(f"sweep file {path!r} must hold a mapping")
+    got = "nothing (an empty file, or null)" if spec is None else repr(spec)[:60]
+    raise ConfigError(f"sweep file {path!r} must hold a mapping with 'name' and 'arms' (as "
+                      f"ablations/*.yaml do), but holds {got}")
   unknown = set(spec) - FILE_KEYS
   if unknown:
     raise ConfigError(f"sweep file {path!r}: unknown key {sorted(unknown)[0]!r}; valid: "
@@ -100,6 +111,14 @@ def load_sweep(path: str) -> dict[str, Any]:
   for k in ("name", "arms"):
     if k not in spec:
       raise ConfigError(f"sweep file {path!r} lacks the key {k!r}")
+  arms = spec["arms"]
+  if not isinstance(arms, list) or not arms:
+    raise ConfigError(f"sweep file {path!r}: 'arms' must be a non-empty list of "
+                      f"{{label: ..., set: {{key: value}}}}, got {arms!r}")
+  for k in ("base", "grid", "tiers"):
+    if spec.get(k) is not None and not isinstance(spec[k], dict):
+      raise ConfigError(f"sweep file {path!r}: {k!r} must be a mapping of key: value, got "
+                        f"{spec[k]!r}")
   return spec
 
 
@@ -118,8 +137,12 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     if "=" not in it:
       raise ConfigError(f"override {it!r} is not of the form key=value")
     k, v = it.split("=", 1)
-    if k in ("tier", "seeds"):
-      opts[k] = v if k == "tier" else int(v)
+    if k == "tier":
+      opts[k] = v
+    elif k == "seeds":
+      if not v.isdigit() or int(v) < 1:
+        raise ConfigError(f"seeds={v!r} must be a positive integer, e.g. seeds=3")
+      opts[k] = int(v)
     else:
       over[k] = _parse_value(v)
   return opts, over
@@ -164,6 +187,9 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
     with open(defaults_path) as f:
       tiers = deep_merge(yaml.safe_load(f) or {}, tiers)
   tier_spec = tiers.get(tier, {}) or {}
+  if not isinstance(tier_spec, dict):
+    raise ConfigError(f"{path}: tiers.{tier} must be a mapping (scale, set, seeds), got "
+                      f"{tier_spec!r}")
   bad = set(tier_spec) - {"scale", "set", "seeds"}
   if bad:
     raise ConfigError(f"{path}: tiers.{tier} has unknown key {sorted(bad)[0]!r}; valid: scale, set, seeds")
@@ -175,6 +201,9 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
   arms = []
   grid = {k: (v.get(tier, []) if _is_tier_choice(v) else v)
           for k, v in (spec.get("grid") or {}).items()}
+  for k, v in grid.items():
+    if not isinstance(v, list):
+      raise ConfigError(f"{path}: grid.{k} must be a list of values, got {v!r}")
   combos = list(itertools.product(*grid.values())) if grid else [()]
   for i, arm in enumerate(spec["arms"]):
     if not isinstance(arm, dict) or "label" not in arm:
@@ -182,6 +211,9 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
     bad = set(arm) - {"label", "group", "set"}
     if bad:
       raise ConfigError(f"{path}: arms[{i}] has unknown key {sorted(bad)[0]!r}; valid: label, group, set")
+    if arm.get("set") is not None and not isinstance(arm["set"], dict):
+      raise ConfigError(f"{path}: arms[{i}].set must be a mapping of key: value, got "
+                        f"{arm['set']!r}")
     for combo in combos:
       vals = _flatten(arm.get("set") or {})
       label = str(arm["label"])
