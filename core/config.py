@@ -27,7 +27,8 @@ class ScheduleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | sigmoid (SiD2)
+  name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | sigmoid
+                                  # (SiD2: Kingma-Gao weight sigmoid(b - logsnr) on the ELBO integrand)
   sigmoid_bias: float = 0.0       # SiD2 bias b: 0 at 128, -1 at 256, -3 at 512 [?]
   multiscale: bool = False        # section 3.2
   multiscale_base: int = 32       # lowest resolution s of the multiscale sum
@@ -56,6 +57,7 @@ class ModelConfig:
   cond_noise_embedding: bool = False  # CDM: the augmentation level s is embedded as well
   norm_groups: int = 32
   dtype: str = "float32"           # compute dtype (bfloat16 for mixed precision)
+  prediction: str = "v"            # what the network outputs: v (the paper) | eps | x (JiT)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,3 +300,14 @@ def check_values(cfg: ExperimentConfig) -> None:
     if v < 1:
       raise ConfigError(f"{key}={v} is impossible: it must be a positive integer (pass {key}=N, "
                         "N >= 1)")
+
+
+def flatten(d: dict[str, Any], prefix: str = "", leaf=lambda v: False) -> dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}; a dict for which leaf(v) is true stays one value."""
+  out: dict[str, Any] = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and not leaf(v):
+      out.update(flatten(v, f"{prefix}{k}.", leaf))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out

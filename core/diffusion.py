@@ -1,8 +1,8 @@
 """The forward process, prediction conversions and the training losses (SPEC section 1).
 
 The network predicts v = alpha eps - sigma x (paper appendix). Losses are chosen by name from
-LOSSES; each maps (x, eps, z, v_hat, logsnr) to a per-pixel error map and a per-example weight,
-so that the multiscale loss of section 3.2 applies to any of them.
+LOSSES; each maps (x, eps, z, v_hat, logsnr, dlogsnr_dt) to a per-pixel error map and a
+per-example weight, so that the multiscale loss of section 3.2 applies to any of them.
 """
 from __future__ import annotations
 
@@ -55,6 +55,37 @@ def v_from_eps(z, eps, logsnr):
   return v_from_x_eps(x_from_eps(z, eps, logsnr), eps, logsnr)
 
 
+# What the network outputs (JiT, Li and He 2025: x, eps or v), turned into the v the rest of
+# the toolkit works in; the loss's space is chosen apart (loss.name: x_mse, eps_mse, v_mse).
+# A division by alpha (eps) or sigma (x) is floored at PREDICTION_MIN_DIV, as JiT clips its
+# 1 - t: at logsnr +-15 it would otherwise multiply the network's error by about 1,800.
+PREDICTION_MIN_DIV = 0.05
+PREDICTIONS: Registry[Callable] = Registry("model.prediction")
+
+
+@PREDICTIONS.register("v")
+def _pred_v(out, z, logsnr):
+  return out
+
+
+@PREDICTIONS.register("eps")
+def _pred_eps(out, z, logsnr):
+  """v = (eps_hat - sigma z) / alpha (from v = alpha eps - sigma x, z = alpha x + sigma eps)."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return (out - _bcast(sigma, z) * z) / _bcast(jnp.maximum(alpha, PREDICTION_MIN_DIV), z)
+
+
+@PREDICTIONS.register("x")
+def _pred_x(out, z, logsnr):
+  """v = (alpha z - x_hat) / sigma."""
+  alpha, sigma = alpha_sigma(logsnr)
+  return (_bcast(alpha, z) * z - out) / _bcast(jnp.maximum(sigma, PREDICTION_MIN_DIV), z)
+
+
+def v_from_prediction(kind: str, out, z, logsnr):
+  return PREDICTIONS.get(kind)(out, z, logsnr)
+
+
 def sample_t(key, batch: int, stratified: bool = False):
   """t ~ U(0, 1); stratified: one uniform offset, evenly spaced across the batch (VDM)."""
   if stratified:
@@ -72,7 +103,7 @@ LOSSES: Registry[Callable[[LossConfig], LossFn]] = Registry("loss")
 @LOSSES.register("eps_mse")
 def _eps_mse(cfg: LossConfig) -> LossFn:
   """The paper's loss: eps-MSE with the ELBO weight replaced by 1."""
-  def fn(x, eps, z, v_hat, logsnr):
+  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
     return eps - eps_from_v(z, v_hat, logsnr), jnp.ones_like(logsnr)
   return fn
 
@@ -80,16 +111,28 @@ def _eps_mse(cfg: LossConfig) -> LossFn:
 @LOSSES.register("v_mse")
 def _v_mse(cfg: LossConfig) -> LossFn:
   """[?] The U-ViT config's v-MSE."""
-  def fn(x, eps, z, v_hat, logsnr):
+  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
     return v_from_x_eps(x, eps, logsnr) - v_hat, jnp.ones_like(logsnr)
+  return fn
+
+
+@LOSSES.register("x_mse")
+def _x_mse(cfg: LossConfig) -> LossFn:
+  """MSE in x space, weight 1 (JiT's axis: the loss's space apart from the prediction's)."""
+  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
+    return x - x_from_v(z, v_hat, logsnr), jnp.ones_like(logsnr)
   return fn
 
 
 @LOSSES.register("sigmoid")
 def _sigmoid(cfg: LossConfig) -> LossFn:
-  """SiD2 / Kingma and Gao (2023): eps-MSE weighted by sigmoid(b - logsnr)."""
-  def fn(x, eps, z, v_hat, logsnr):
-    return eps - eps_from_v(z, v_hat, logsnr), jax.nn.sigmoid(cfg.sigmoid_bias - logsnr)
+  """SiD2's weighting as Kingma and Gao (2023, eq. 6) define it: the weighted ELBO integrand
+  (1/2) w(logsnr) (-dlogsnr/dt) ||eps - eps_hat||^2 with w = sigmoid(b - logsnr), t ~ U(0, 1).
+  The factor -dlogsnr/dt makes the loss a function of the weighting alone, whatever the schedule
+  (their section 4); without it the schedule would weight the noise levels a second time."""
+  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
+    w = jax.nn.sigmoid(cfg.sigmoid_bias - logsnr)
+    return eps - eps_from_v(z, v_hat, logsnr), 0.5 * w * -dlogsnr_dt
   return fn
 
 
@@ -137,9 +180,11 @@ def diffusion_loss(denoise_fn: DenoiseFn, x, key, schedule: Schedule, cfg: LossC
 
 def loss_at(denoise_fn: DenoiseFn, x, eps, t, schedule: Schedule, cfg: LossConfig):
   """The loss with noise and t given (what diffusion_loss samples); used to overfit tests."""
-  logsnr = schedule(t)
+  # The schedule acts elementwise, so a forward-mode derivative along ones is dlogsnr/dt per
+  # example (unused, and removed by XLA, except by the sigmoid loss).
+  logsnr, dlogsnr_dt = jax.jvp(schedule, (t,), (jnp.ones_like(t),))
   z = q_sample(x, eps, logsnr)
   v_hat = denoise_fn(z, logsnr).astype(jnp.float32)
-  err, weight = LOSSES.get(cfg.name)(cfg)(x, eps, z, v_hat, logsnr)
+  err, weight = LOSSES.get(cfg.name)(cfg)(x, eps, z, v_hat, logsnr, dlogsnr_dt)
   per_example = weight * pixel_mse(err, cfg)
   return jnp.mean(per_example), {"loss_per_example": per_example, "t": t}

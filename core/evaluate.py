@@ -298,12 +298,12 @@ EVAL_SECTIONS = ("eval", "sampler")
 
 
 def model_dirs(run_dir: str, cfg: ExperimentConfig) -> list[str]:
-  """Where each stage's checkpoints are: <sweep>/_models/<train_key> for sweep runs (base stage
+  """Where each stage's checkpoints are: core.experiment.model_dir for sweep runs (base stage
   first for a cascade), or run_dir itself for a run trained by `python -m core.train`."""
   from core.cdm import stage_configs
-  from core.experiment import train_key
+  from core.experiment import model_dir
   sweep = os.path.dirname(os.path.abspath(run_dir))
-  dirs = [os.path.join(sweep, "_models", train_key(c)) for c in stage_configs(cfg)]
+  dirs = [model_dir(sweep, c) for c in stage_configs(cfg)]
   if all(os.path.isdir(os.path.join(d, "ckpt")) for d in dirs):
     return dirs
   if len(dirs) == 1 and os.path.isdir(os.path.join(run_dir, "ckpt")):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from typing import Any
 
-from core.config import ConfigError, ExperimentConfig, check_values, deep_merge, from_dict, to_dict
+from core.config import (ConfigError, ExperimentConfig, check_values, deep_merge, flatten,
+                         from_dict, to_dict)
 
 
 def resolve(d: dict[str, Any]) -> ExperimentConfig:
@@ -48,15 +50,77 @@ def check_names(cfg: ExperimentConfig) -> None:
       raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(registry.names())}")
 
 
-def train_key(cfg: ExperimentConfig) -> str:
-  """The trained model's identity: the config less what only sampling and evaluation read.
+# Settings that never change the trained parameters: how a run logs, checkpoints, shows
+# progress, feeds its data (the batches are the same whatever the workers), lays out devices
+# and processes, and everything that only sampling and evaluation read.
+NOT_TRAINING = ("name", "sampler.", "eval.", "data.eval_split", "data.num_workers",
+                "data.prefetch", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
+                "train.progress", "train.fsdp", "train.distributed", "train.coordinator_address",
+                "train.num_processes", "train.process_id", "model.preset")
+# Bump when a default of a training setting changes: keys hold only the settings off their
+# defaults, so a changed default would otherwise give an old key a new meaning.
+KEY_VERSION = 2
 
-  Runs with one key share one trained model (<sweep>/_models/<key>/), e.g. guidance scales.
-  """
+
+def _dormant(cfg: ExperimentConfig) -> tuple[str, ...]:
+  """Settings that the rest of cfg makes inert, so they must not split one model into two
+  (a multiscale base with the multiscale loss off, the shift of a cosine schedule, ...)."""
+  out = []
+  if not cfg.loss.multiscale:
+    out.append("loss.multiscale_base")
+  if cfg.loss.name != "sigmoid":
+    out.append("loss.sigmoid_bias")
+  if cfg.schedule.name != "shifted":
+    out.append("schedule.noise_d")
+  if cfg.schedule.name != "interpolated":
+    out += ["schedule.noise_d_low", "schedule.noise_d_high"]
+  if cfg.model.dropout == 0:
+    out.append("model.dropout_max_res")
+  return tuple(out)
+
+
+def train_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+  """The dotted settings that define cfg's trained model: those off their defaults, less
+  NOT_TRAINING and the dormant ones. A field added with its default therefore leaves every
+  key as it was."""
+  new = flatten(to_dict(cfg))
+  default = flatten(to_dict(ExperimentConfig()))
+  skip = NOT_TRAINING + _dormant(cfg)
+  norm = lambda v: json.loads(json.dumps(v))   # tuples and lists compare alike
+  return {k: v for k, v in new.items()
+          if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in skip)
+          and (k not in default or norm(v) != norm(default[k]))}
+
+
+def train_key(cfg: ExperimentConfig) -> str:
+  """The trained model's identity: a hash of train_settings(cfg). Runs with one key share one
+  trained model, in one store per results root (model_dir), across sweep files: guidance
+  scales, and the rows that several of the paper's tables print from one model."""
+  d = {"v": KEY_VERSION, **train_settings(cfg)}
+  return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def legacy_train_key(cfg: ExperimentConfig) -> str:
+  """The key of models trained before KEY_VERSION 2 (in <sweep>/_models/), so that their
+  runs still resume and evaluate."""
   d = to_dict(cfg)
   for k in ("sampler", "eval", "name"):
     d.pop(k)
-  for k in ("cond", "cascade"):   # sections added later count only when set: old keys hold
+  for k in ("cond", "cascade"):
     if d[k] == to_dict(getattr(ExperimentConfig(), k)):
       d.pop(k)
   return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+MODELS = "_models"
+
+
+def model_dir(sweep_dir: str, cfg: ExperimentConfig) -> str:
+  """Where cfg's trained model lives: <results>/_models/<train_key>, shared by every sweep of
+  the results root <results> = dirname(sweep_dir); a model an older version trained in
+  <sweep>/_models/<legacy key> is used where it exists."""
+  old = os.path.join(sweep_dir, MODELS, legacy_train_key(cfg))
+  if os.path.isdir(os.path.join(old, "ckpt")):
+    return old
+  root = os.path.dirname(os.path.abspath(sweep_dir))
+  return os.path.join(root, MODELS, train_key(cfg))

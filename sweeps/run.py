@@ -19,7 +19,8 @@ from typing import Optional
 from core.config import ConfigError, to_dict
 from core.runio import (DirLock, LockHeld, owner, read_json, read_jsonl, run_state,
                         write_json_atomic, write_yaml_atomic)
-from sweeps.spec import RunSpec, _flatten, expand, parse_overrides, train_key
+from core.experiment import model_dir as shared_model_dir
+from sweeps.spec import RunSpec, _flatten, expand, parse_overrides
 
 
 def sweep_dir(results: str, meta: dict) -> str:
@@ -75,7 +76,7 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
   # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
   done_before = 0
   for i, c in enumerate(configs):
-    model_dir = os.path.join(sdir, "_models", train_key(c))
+    model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
     # status.json follows training (step counted over all stages of a cascade)
     on_log = lambda row, b=done_before: set_status(run_dir, "running", step=b + int(row["step"]),
                                                    steps=total, **who)

@@ -31,7 +31,8 @@ from typing import Any
 
 import yaml
 
-from core.config import (ConfigError, ExperimentConfig, deep_merge, set_dotted, to_dict)
+from core.config import (ConfigError, ExperimentConfig, deep_merge, flatten, set_dotted,
+                         to_dict)
 from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
@@ -65,13 +66,7 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict) and not _is_tier_choice(v):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+  return flatten(d, prefix, leaf=_is_tier_choice)   # a per-tier choice is one value
 
 
 def _is_tier_choice(v: Any) -> bool:

@@ -66,14 +66,25 @@ def test_eps_mse_of_zero_v_prediction_matches_closed_form():
   np.testing.assert_allclose(aux["loss_per_example"], want, rtol=1e-5)
 
 
-def test_sigmoid_weight_and_bias():
-  x, eps, _ = _batch()
-  t = jnp.full((x.shape[0],), 0.5)  # logsnr 0: weight sigmoid(b)
+def test_sigmoid_weight_is_kingma_gao_on_the_elbo_integrand():
+  """SiD2's loss: (1/2) sigmoid(b - logsnr) (-dlogsnr/dt) times the eps-MSE (Kingma and Gao
+  2023, eq. 6), against the cosine schedule's derivative in closed form, at several t."""
+  import math
+  from core.schedules import logsnr_shifted
+  x, eps, _ = _batch(shape=(6, 8, 8, 3))
+  t = jnp.array([0.02, 0.2, 0.4, 0.5, 0.7, 0.97])
   f = lambda z, l: jnp.zeros_like(z)
-  plain, _ = loss_at(f, x, eps, t, logsnr_cosine, LossConfig(name="eps_mse"))
-  for b in (0.0, -1.0, -3.0):
-    w, _ = loss_at(f, x, eps, t, logsnr_cosine, LossConfig(name="sigmoid", sigmoid_bias=b))
-    np.testing.assert_allclose(float(w), float(plain) * float(jax.nn.sigmoid(b)), rtol=1e-5)
+  a, b_ = math.atan(math.exp(-7.5)), math.atan(math.exp(7.5))
+  u = a + np.asarray(t, np.float64) * (b_ - a)
+  minus_dlogsnr = 2 * (b_ - a) / (np.sin(u) * np.cos(u))   # -d/dt of -2 log tan(u(t))
+  for sched, shift in ((logsnr_cosine, 0.0), (lambda s: logsnr_shifted(s, 64, 16), 2 * math.log(16 / 64))):
+    _, plain = loss_at(f, x, eps, t, sched, LossConfig(name="eps_mse"))
+    lam = -2 * np.log(np.tan(u)) + shift
+    for b in (0.0, -1.0, -3.0):
+      _, aux = loss_at(f, x, eps, t, sched, LossConfig(name="sigmoid", sigmoid_bias=b))
+      want = 0.5 / (1 + np.exp(-(b - lam))) * minus_dlogsnr
+      np.testing.assert_allclose(aux["loss_per_example"] / plain["loss_per_example"], want,
+                                 rtol=2e-4)
 
 
 def test_multiscale_equals_plain_when_only_full_resolution_is_kept():
@@ -116,3 +127,48 @@ def test_unknown_loss_name():
   x, eps, _ = _batch()
   with pytest.raises(KeyError, match="eps_mse, sigmoid, v_mse"):
     loss_at(lambda z, l: z, x, eps, jnp.full((4,), .5), logsnr_cosine, LossConfig(name="l1"))
+
+
+def test_every_prediction_target_with_every_loss_space():
+  """JiT's grid (Li and He 2025): the network predicts x, eps or v, and the loss is measured in
+  x, eps or v space. An oracle output of each kind is the true v, and costs zero in each space;
+  a wrong one costs the space's own error."""
+  from core.diffusion import PREDICTIONS, v_from_prediction, x_from_v
+  x, eps, _ = _batch()
+  t = jnp.linspace(0.1, 0.9, x.shape[0])   # inside the 0.05 floor of both divisions
+  logsnr = logsnr_cosine(t)
+  z = q_sample(x, eps, logsnr)
+  v = v_from_x_eps(x, eps, logsnr)
+  truth = {"x": x, "eps": eps, "v": v}
+  assert sorted(PREDICTIONS.names()) == ["eps", "v", "x"]
+  for kind, out in truth.items():
+    v_hat = v_from_prediction(kind, out, z, logsnr)
+    np.testing.assert_allclose(v_hat, v, atol=2e-5, err_msg=kind)
+    for loss in ("x_mse", "eps_mse", "v_mse"):
+      oracle = lambda zz, l, k=kind: v_from_prediction(k, truth[k], zz, l)
+      val, _ = loss_at(oracle, x, eps, t, logsnr_cosine, LossConfig(name=loss))
+      assert float(val) < 1e-8, (kind, loss)
+  # x_mse of a v prediction off by d is the x error sigma * d, squared and averaged.
+  d = 0.1
+  _, aux = loss_at(lambda zz, l: v_from_x_eps(x, eps, l) + d, x, eps, t, logsnr_cosine,
+                   LossConfig(name="x_mse"))
+  sigma = np.sqrt(np.asarray(jax.nn.sigmoid(-logsnr)))
+  np.testing.assert_allclose(aux["loss_per_example"], (sigma * d) ** 2, rtol=1e-4)
+  np.testing.assert_allclose(x_from_v(z, v, logsnr), x, atol=2e-5)
+
+
+def test_a_model_that_predicts_x_or_eps_outputs_v():
+  from core.config import ModelConfig
+  from core.models import Predicting, build_model, init_params, preset
+  cfg = preset("unet_tiny")
+  assert not isinstance(build_model(cfg, 16), Predicting)   # v: the architecture as it was
+  import dataclasses
+  for kind in ("x", "eps"):
+    c = dataclasses.replace(cfg, prediction=kind)
+    m = build_model(c, 16)
+    p = init_params(c, 16, jax.random.key(0))
+    z = jax.random.normal(jax.random.key(1), (2, 16, 16, 3))
+    out = m.apply({"params": p}, z, jnp.zeros((2,)), jnp.zeros((2,), jnp.int32), train=False)
+    assert out.shape == z.shape and bool(jnp.isfinite(out).all())
+  with pytest.raises(Exception, match="model.prediction"):
+    build_model(dataclasses.replace(cfg, prediction="score"), 16)

@@ -111,7 +111,7 @@ def test_a_model_in_training_elsewhere_is_waited_for_not_trained_beside(tmp_path
   sweep.write_text(yaml.safe_dump({"name": "mini", "table": "x", "base": MINI,
                                    "arms": [{"label": "a"}]}))
   _, runs = expand(str(sweep), "paper")
-  model_dir = tmp_path / "r" / "mini_paper" / "_models" / runs[0].train_key
+  model_dir = tmp_path / "r" / "_models" / runs[0].train_key
   p = _hold(model_dir, seconds=3)
   assert runner.main([str(sweep), "--results", str(tmp_path / "r"), "--no-progress"]) == 0
   p.wait()

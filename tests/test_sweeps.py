@@ -26,7 +26,7 @@ def _by(runs, group, arm):
 @pytest.mark.parametrize("tier", TIERS)
 def test_every_sweep_file_expands_and_validates_at_every_tier(tier):
   from core.models import build_model
-  assert len(FILES) == 9
+  assert len(FILES) == 10
   for f in FILES:
     meta, runs = expand(f, tier)
     assert runs and meta["table"]
@@ -54,7 +54,7 @@ def test_other_sweeps_paper_tier_settings():
   a = lambda f: expand(os.path.join(ROOT, "ablations", f), "paper")[1]
   runs = a("dropout.yaml")
   assert [r.config.model.dropout_max_res for r in runs[1:]] == [128, 64, 32, 16]
-  assert runs[0].config.model.dropout == 0.0 and runs[0].config.train.steps == 700000
+  assert runs[0].config.model.dropout == 0.0 and runs[0].config.train.steps == 1500000  # [?] reading: see dropout.yaml
   runs = a("blocks16.yaml")
   assert [r.config.model.num_res_blocks[3] for r in runs] == [2, 4, 8, 12]
   runs = a("downsampling.yaml")
@@ -121,7 +121,7 @@ def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
     assert ev["params"] > 0 and (ev["fid_train"] >= 0 if fid else ev["fid_train"] is None)
     assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
     assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
-  assert len(os.listdir(os.path.join(res, f"{name}_smoke", "_models"))) == 1  # trained once
+  assert len(os.listdir(os.path.join(res, "_models"))) == 1  # trained once
 
 
 @pytest.mark.slow
@@ -199,7 +199,8 @@ def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
     steps = [r["step"] for r in read_jsonl(str(sdir / rid / "metrics.jsonl"))]
     assert steps == [1, 2], (rid, steps)
   assert sorted(os.listdir(sdir)) == sorted(["128-none-s0", "128-r=128-s0", "128-r=64-s0",
-                                             "_models", "sweep.json"])
+                                             "sweep.json"])
+  assert len(os.listdir(tmp_path / "r" / "_models")) == 3
 
 
 @pytest.mark.parametrize("launcher", ["joblib"])
@@ -218,7 +219,7 @@ def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
   for rid in ("a-s0", "b-s0"):
     assert read_json(str(res / "two_paper" / rid / "status.json"))["state"] == "done"
     assert read_json(str(res / "two_paper" / rid / "eval.json"))["step"] == 1
-  assert len(os.listdir(res / "two_paper" / "_models")) == 2
+  assert len(os.listdir(res / "_models")) == 2
   assert runner.main(argv[:-4] + ["--launcher", "nope"]) == 2  # unknown launcher: one line
 
 
@@ -285,3 +286,80 @@ def test_sigterm_stops_with_one_message_and_the_run_resumable(tmp_path):
   assert "stopped by SIGTERM" in err and "Traceback" not in err, err[-2000:]
   st = read_json(str(sdir / "128-none-s0" / "status.json"))
   assert st["state"] == "failed" and st["error"] == "interrupted"
+
+
+# Rows that several of the paper's tables print with the same numbers: one trained model each
+# (issue 14.1). (sweep file, arm, group); group None: any.
+SHARED_MODELS = {
+    "U-Net 128, shift 32: tables 2, 7": [("noise_shift", "shift 32", "128"), ("literature", "U-Net", "128")],
+    "U-Net 128, shift 64: tables 2, 3, 4": [("noise_shift", "shift 64", "128"), ("dropout", "r=16", None),
+                                           ("blocks16", "12+13", None)],
+    "U-Net 256, shift 32: tables 2, 6, 7": [("noise_shift", "shift 32", "256"), ("multiscale", "standard", "256"),
+                                           ("literature", "U-Net", "256")],
+    "U-Net 512 DWT-2: tables 5, 6": [("downsampling", "DWT-2", None), ("multiscale", "standard", "512")],
+    "U-Net 512 multiscale: tables 6, 7": [("multiscale", "multiscale", "512"), ("literature", "U-Net", "512")],
+    **{f"U-ViT {r}: tables 7, 9": [("guidance", "1.00", r), ("literature", "U-ViT", r)]
+       for r in ("128", "256", "512")},
+}
+# Where the small tiers cannot share: blocks16 shrinks the 16x16 stack by arm (its 12+13 row is
+# [1, 6] blocks there), and noise_shift's 256 group keeps b2 0.999 and, at tier cpu, patch:2 and
+# width 24 (results/reference/cpu_tier_study.md).
+NOT_SHARED_BELOW_PAPER = {"U-Net 128, shift 64: tables 2, 3, 4": {("blocks16", "12+13", None)},
+                          "U-Net 256, shift 32: tables 2, 6, 7": {("noise_shift", "shift 32", "256")}}
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_rows_the_paper_prints_from_one_model_have_one_model_key(tier):
+  runs = {os.path.basename(f)[:-5]: expand(f, tier)[1] for f in FILES}
+  for what, members in SHARED_MODELS.items():
+    if tier != "paper":
+      members = [m for m in members if m not in NOT_SHARED_BELOW_PAPER.get(what, ())]
+    keys = {}
+    for sweep, arm, group in members:
+      rs = [r for r in runs[sweep] if r.arm == arm and group in (None, r.group) and r.seed == 0]
+      assert len(rs) == 1, (sweep, arm, group)
+      keys[sweep] = rs[0].train_key
+    assert len(set(keys.values())) == 1, (tier, what, keys)
+
+
+def test_model_key_ignores_logging_evaluation_and_new_default_fields():
+  from core.config import replace
+  from core.experiment import train_key, train_settings
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "cpu")
+  cfg = runs[0].config
+  same = replace(cfg, **{"train.log_every": 7, "train.ckpt_every": 9, "train.keep_ckpts": 5,
+                         "train.progress": False, "data.num_workers": 2, "data.prefetch": 0,
+                         "eval.num_samples": 10, "sampler.steps": 3, "name": "other",
+                         "data.eval_split": "validation", "train.fsdp": True})
+  assert train_key(same) == train_key(cfg)
+  # A setting the rest makes inert: a multiscale base without the multiscale loss.
+  assert train_key(replace(cfg, **{"loss.multiscale_base": 4})) == train_key(cfg)
+  for k, v in (("train.steps", 3), ("optim.lr", 1e-3), ("train.seed", 5), ("model.dropout", 0.3),
+               ("data.random_flip", False)):
+    assert train_key(replace(cfg, **{k: v})) != train_key(cfg), k
+  # Only settings off their defaults enter the key: a field added later with its default leaves
+  # every existing key as it was.
+  from core.config import ExperimentConfig, flatten, to_dict
+  default = flatten(to_dict(ExperimentConfig()))
+  assert all(default.get(k, object()) != v for k, v in train_settings(cfg).items())
+
+
+def test_a_second_sweep_file_reuses_the_model_the_first_trained(tmp_path, monkeypatch, capsys):
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  res = tmp_path / "r"
+  for name, extra in (("first", {}), ("second", {"eval": {"grid_size": 8}, "train": {"log_every": 5}})):
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
+        "name": name, "table": "x", "base": runner_base(extra), "arms": [{"label": "a"}]}))
+  assert runner.main([str(tmp_path / "first.yaml"), "--results", str(res), "--no-progress"]) == 0
+  (model,) = os.listdir(res / "_models")
+  ckpts = sorted(os.listdir(res / "_models" / model / "ckpt"))
+  assert runner.main([str(tmp_path / "second.yaml"), "--results", str(res), "--no-progress"]) == 0
+  assert os.listdir(res / "_models") == [model]                       # one model
+  assert sorted(os.listdir(res / "_models" / model / "ckpt")) == ckpts  # not trained again
+  assert [r["step"] for r in read_jsonl(str(res / "second_paper" / "a-s0" / "metrics.jsonl"))] == [1]
+  assert read_json(str(res / "second_paper" / "a-s0" / "eval.json"))["step"] == 1
+
+
+def runner_base(extra):
+  from core.config import deep_merge
+  return deep_merge(MINI_BASE, extra)
