@@ -26,6 +26,39 @@ def to_uint8(x) -> np.ndarray:
   return np.asarray(jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255)).astype(np.uint8)
 
 
+def local_rows(x) -> tuple[np.ndarray, np.ndarray]:
+  """(this process's rows of a batch-sharded global array, their global row indices). One
+  process: the whole array. Replicated shards of a row are taken once."""
+  if x.is_fully_addressable:
+    return np.asarray(x), np.arange(x.shape[0])
+  parts = {}
+  for sh in x.addressable_shards:
+    start = sh.index[0].start or 0
+    parts.setdefault(start, sh.data)
+  starts = sorted(parts)
+  rows = np.concatenate([np.asarray(parts[s]) for s in starts])
+  idx = np.concatenate([np.arange(s, s + parts[s].shape[0]) for s in starts])
+  return rows, idx
+
+
+def gather_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+  """Every process's rows of `a` (row i of this process is global row idx[i]), in global
+  order, on every process; one process: `a` itself. The statistics of FID, KID and IS are then
+  computed from exactly the features one process would have had."""
+  if jax.process_count() == 1:
+    return a
+  from jax.experimental import multihost_utils
+  all_a = np.asarray(multihost_utils.process_allgather(a, tiled=True))
+  all_idx = np.asarray(multihost_utils.process_allgather(idx, tiled=True))
+  return all_a[np.argsort(all_idx, kind="stable")]
+
+
+def _global(x: np.ndarray, sharding):
+  """A host array that every process holds alike -> a global array of `sharding` (works across
+  processes, where device_put of host data would need every device to be local)."""
+  return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+
+
 def class_labels(n: int, num_classes: int, seed: int) -> Optional[np.ndarray]:
   """Balanced labels in a fixed random order (as the paper samples every class equally)."""
   if num_classes == 0:
@@ -58,7 +91,8 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
   # Parameters are an argument, not a closure: closed-over arrays become constants of the
   # compiled program (slow to compile and held twice).
   @functools.partial(jax.jit, out_shardings=None if trajectory else rows)
-  def _draw(params, key, labels, low):
+  def _draw(params, key_data, labels, low):
+    key = jax.random.wrap_key_data(key_data)
     # A stream apart from sample()'s split(key), so a plain model's samples are unchanged.
     cond = task.sample(low, jax.random.fold_in(key, 2))
 
@@ -69,8 +103,14 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
                   sharding=rows, return_trajectory=trajectory)
 
   def draw(key, labels, low=None):
-    put = lambda x: None if x is None else jax.device_put(x, rows)
-    return _draw(params, jax.device_put(key, rep), put(labels), put(low))
+    # Host inputs, the same on every process, become global arrays; `low` (a lower cascade
+    # stage's output) already is one.
+    put = lambda x: None if x is None else (x if isinstance(x, jax.Array) and not
+                                            x.is_fully_addressable else _global(np.asarray(x), rows))
+    if jax.process_count() == 1:
+      put = lambda x: None if x is None else jax.device_put(x, rows)
+    kd = _global(np.asarray(jax.random.key_data(key)), rep)
+    return _draw(params, kd, put(labels), put(low))
   draw.mesh = mesh
   return draw
 
@@ -113,10 +153,11 @@ def generate(trainer, params, cfg: ExperimentConfig, num: int, seed: int = 0,
   done = 0
   with tqdm(total=num, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
     for i in range(-(-num // bs)):
-      lab = None if labels_all is None else jnp.asarray(labels_all[i * bs:(i + 1) * bs])
-      x = to_uint8(draw(jax.random.fold_in(key, i), lab))
+      lab = None if labels_all is None else labels_all[i * bs:(i + 1) * bs]
+      x, idx = local_rows(draw(jax.random.fold_in(key, i), lab))
       take = min(bs, num - done)
-      yield x[:take], (None if lab is None else np.asarray(lab)[:take])
+      keep = idx < take
+      yield (to_uint8(x[keep]), None if lab is None else lab[idx[keep]], done + idx[keep])
       done += take
       bar.update(take)
 
@@ -250,7 +291,8 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
          # how the samples were drawn (issue 13: evaluation records say so)
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
                      "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
-         "devices": len(devices_for_batch(min(ev.batch_size, n))),
+         "devices": len(devices_for_batch(min(ev.batch_size, n))) if jax.process_count() == 1
+                    else jax.device_count(),
          "processes": jax.process_count()}
   if cfg.cond.task == "super_res":
     out["cond_s"] = cfg.sampler.cond_s
@@ -258,19 +300,28 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     out["stages"] = [r.trainer.cfg.resolution for r, _ in stages]
   ext = inception_extractor(ev.inception_weights) if ev.fid else None
   want_logits = bool(ev.fid and ev.compute_is and ext.has_logits)
-  grid, feats, logits = [], [], []
-  for imgs, _ in generate(trainer, state.ema_params, cfg, n, seed=ev.seed, progress=progress,
-                          lower=[(r.trainer, r.state.ema_params) for r, _ in lower]):
+  grid, feats, logits, rows = [], [], [], []
+  # Each process draws its share of every batch (the sampler's mesh spans every process) and
+  # extracts the features of the images it holds; the features are then gathered, so that
+  # every statistic is computed from all samples, as on one device.
+  for imgs, _, idx in generate(trainer, state.ema_params, cfg, n, seed=ev.seed,
+                               progress=progress,
+                               lower=[(r.trainer, r.state.ema_params) for r, _ in lower]):
     if sum(len(g) for g in grid) < ev.grid_size:
-      grid.append(imgs[:ev.grid_size - sum(len(g) for g in grid)])
+      grid.append(gather_rows(imgs, idx)[:ev.grid_size - sum(len(g) for g in grid)])
+    rows.append(idx)
     if ext is not None:
       o = ext(imgs)
       feats.append(o["pool"])
       if want_logits:
         logits.append(o["logits"])
-  save_grid(np.concatenate(grid), grid_path or os.path.join(run_dir, "samples.png"))
+  if jax.process_index() == 0:
+    save_grid(np.concatenate(grid), grid_path or os.path.join(run_dir, "samples.png"))
   if ext is not None:
-    feats = np.concatenate(feats)
+    rows = np.concatenate(rows)
+    feats = gather_rows(np.concatenate(feats), rows)
+    if want_logits:
+      logits = [gather_rows(np.concatenate(logits), rows)]
     refs = {name: reference_figures(cfg, split, ext, progress)
             for name, split in (("train", cfg.data.split), ("eval", cfg.data.eval_split))}
     floor = {"resolution": cfg.resolution}

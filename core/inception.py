@@ -907,8 +907,10 @@ class InceptionExtractor:
     self.has_logits = check_params(params)
     if need_logits and not self.has_logits:
       raise ValueError("these Inception weights have no logits, so IS cannot be computed")
-    if mesh is None:
-      mesh = make_mesh(batch=batch_size) if batch_size else make_mesh()
+    if mesh is None:   # this process's devices: each process extracts the images it holds
+      from core.devices import devices_for_batch
+      local = jax.local_devices()
+      mesh = make_mesh(devices_for_batch(batch_size, local) if batch_size else local)
     self.mesh = mesh
     self.num_devices = mesh.devices.size
     self.batch_size = int(batch_size or default_batch_size(self.num_devices))

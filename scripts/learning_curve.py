@@ -74,7 +74,7 @@ def main(argv=None) -> int:
       te = time.time()
       params = state.ema_params if which == "ema" else state.params
       feats, grid = [], []
-      for imgs, _ in generate(tr, params, cfg, cfg.eval.num_samples, progress=False):
+      for imgs, _, _ in generate(tr, params, cfg, cfg.eval.num_samples, progress=False):
         feats.append(ext(imgs)["pool"])
         grid.append(imgs)
       mt = sample_metrics(np.concatenate(feats), ref)

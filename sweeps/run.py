@@ -64,35 +64,42 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
   samples through the stages; metrics.jsonl is the last stage's, metrics_stage<i>.jsonl the
   lower ones'.
   """
+  import jax
   from core.cdm import stage_configs
   from core.evaluate import evaluate_run
-  from core.train import train
+  from core.train import _maybe_init_distributed, train
+  _maybe_init_distributed(r.config)   # first, so that only process 0 writes the run folder
+  is_main = jax.process_index() == 0
+  status = set_status if is_main else (lambda *a, **k: None)
   run_dir = os.path.join(sdir, r.run_id)
   os.makedirs(run_dir, exist_ok=True)
-  write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
+  if is_main:
+    write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
   configs, stages = stage_configs(r.config), []
   total, who = sum(c.train.steps for c in configs), owner()
-  set_status(run_dir, "running", step=0, steps=total, **who)
+  status(run_dir, "running", step=0, steps=total, **who)
   # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
   done_before = 0
   for i, c in enumerate(configs):
     model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
     # status.json follows training (step counted over all stages of a cascade)
-    on_log = lambda row, b=done_before: set_status(run_dir, "running", step=b + int(row["step"]),
-                                                   steps=total, **who)
+    on_log = lambda row, b=done_before: status(run_dir, "running", step=b + int(row["step"]),
+                                               steps=total, **who)
     # Another process training the same model (a concurrent sweep sharing it): wait for it,
     # then resume from what it wrote, which is then finished.
     result = train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
     done_before += c.train.steps
     name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
-    shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
+    if is_main:
+      shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
     stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
   (result, rows), lower = stages[-1], stages[:-1]
-  set_status(run_dir, "running", step=total, steps=total, phase="evaluating", **who)
+  status(run_dir, "running", step=total, steps=total, phase="evaluating", **who)
   figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
                          lower=lower)
-  write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
-  set_status(run_dir, "done", step=int(result.state.step))
+  if is_main:
+    write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
+  status(run_dir, "done", step=int(result.state.step))
   return figures
 
 
