@@ -252,6 +252,69 @@ def arm_cost(cfg, opts: CostOptions = CostOptions(), mesh=None, log=lambda s: No
   return row
 
 
+# --- evaluation ----------------------------------------------------------------------------
+
+def forward_flops(cfg) -> float:
+  """FLOPs of one network evaluation on one image (eval mode, lowered only)."""
+  import jax
+  import jax.numpy as jnp
+  from core.models import build_model, param_shapes
+  from core.models import _dummy_inputs
+  model = build_model(cfg.model, cfg.resolution)
+  inputs = _dummy_inputs(cfg.model, cfg.resolution)
+  fn = jax.jit(lambda p, kw: model.apply({"params": p}, **kw, train=False))
+  return traced_flops(fn.trace(param_shapes(cfg.model, cfg.resolution), inputs))
+
+
+def sampling_passes(cfg) -> int:
+  """Network evaluations per sampler step and image: guidance batches a conditional and an
+  unconditional pass at every step (core.samplers.guided_v)."""
+  guided = cfg.sampler.guidance_scale != 1.0 and cfg.model.num_classes > 0
+  return 2 if guided else 1
+
+
+def eval_cost(cfg, forward: Optional[dict] = None) -> dict:
+  """FLOPs of one run's evaluation: samples x sampler steps x passes x forward FLOPs, each
+  stage of a cascade with its own sampler (Inception, about 11 GFLOP an image, left out: it
+  is below 1% of sampling for every model here). `forward` caches forward_flops per config."""
+  from core.cdm import stage_configs
+  forward = {} if forward is None else forward
+  n = cfg.eval.num_samples if cfg.eval.fid else cfg.eval.grid_size
+  total = 0.0
+  for c in stage_configs(cfg):
+    sig = (repr(c.model), c.resolution)
+    if sig not in forward:
+      forward[sig] = forward_flops(c)
+    total += n * c.sampler.steps * sampling_passes(c) * forward[sig]
+  return {"num_samples": n, "sampler_steps": cfg.sampler.steps, "passes": sampling_passes(cfg),
+          "eval_flops": total}
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  """What predicted times assume: `chips` of `tflops` peak each at `utilisation`."""
+  chips: int = 256
+  tflops: float = 459.0        # a TPU v5p chip, bf16
+  utilisation: float = 0.4
+
+  def seconds(self, flops: float) -> float:
+    return flops / (self.chips * self.tflops * 1e12 * self.utilisation)
+
+
+def add_predictions(rows: list[dict], hw: Hardware) -> None:
+  for r in rows:
+    r["train_time_h"] = hw.seconds(r["train_flops"]) / 3600
+    r["eval_time_h"] = hw.seconds(r["eval_flops"]) / 3600
+
+
+def train_flops(row: dict, cfg) -> float:
+  """Training FLOPs of the whole run: each stage's step FLOPs times its steps."""
+  stages = _stages(cfg)
+  if "stages" in row:
+    return sum(s["flops_step"] * c.train.steps for s, c in zip(row["stages"], stages))
+  return row["flops_step"] * cfg.train.steps
+
+
 # --- a sweep -------------------------------------------------------------------------------
 
 def relative_speeds(rows: list[dict], reference: Optional[int]) -> None:
@@ -270,32 +333,44 @@ def relative_speeds(rows: list[dict], reference: Optional[int]) -> None:
 
 
 def sweep_cost(path: str, tier: str = "paper", overrides: Optional[dict] = None,
-               opts: CostOptions = CostOptions(), mesh=None, log=print) -> dict:
-  """The cost report of a sweep file at a tier: one row per trained model."""
+               opts: CostOptions = CostOptions(), mesh=None, log=print,
+               hardware: Hardware = Hardware()) -> dict:
+  """The cost report of a sweep file at a tier: one row per trained model, with the cost of
+  its runs' evaluations (several for a model that only samples differently, e.g. guidance)."""
   from analysis import paper_numbers
   from sweeps.spec import expand
   meta, runs = expand(path, tier, overrides or {}, seeds=1)
   models: dict[str, dict] = {}
   for r in runs:
-    m = models.setdefault(r.train_key, {"config": r.config, "arms": []})
+    m = models.setdefault(r.train_key, {"config": r.config, "arms": [], "evals": []})
     m["arms"].append({"group": r.group, "arm": r.arm, "run_id": r.run_id})
-  rows, ref_index = [], None
+    m["evals"].append(r.config)
+  rows, ref_index, forward = [], None, {}
   for i, (key, m) in enumerate(models.items()):
     arms = m["arms"]
     label = " / ".join(a["arm"] for a in arms)
     log(f"[{i + 1}/{len(models)}] {label} ({m['config'].resolution}px, model {key})")
+    evals = [eval_cost(c, forward) for c in m["evals"]]
     row = {"group": arms[0]["group"], "arm": label, "arms": arms, "train_key": key,
-           **arm_cost(m["config"], opts, mesh, log)}
+           **arm_cost(m["config"], opts, mesh, log),
+           "eval_flops": sum(e["eval_flops"] for e in evals), "evals": evals}
+    row["train_flops"] = train_flops(row, m["config"])
     paper = paper_numbers.lookup(meta["table"], arms[0]["group"], arms[0]["arm"]) or {}
     row["paper_speed_pct"] = float(paper.get("speed", math.nan))
     if meta["reference"] in (a["run_id"] for a in arms):
       ref_index = i
     rows.append(row)
   relative_speeds(rows, ref_index)
+  add_predictions(rows, hardware)
   return {"kind": "sweep", "sweep": meta["sweep"], "tier": tier, "file": path,
           "table": meta["table"], "title": meta["title"],
           "reference": rows[ref_index]["arm"] if ref_index is not None else None,
-          "rows": rows, **_environment(mesh)}
+          "hardware": dataclasses.asdict(hardware), "rows": rows, **_environment(mesh)}
+
+
+def _stages(cfg):
+  from core.cdm import stage_configs
+  return stage_configs(cfg)
 
 
 def preset_cost(preset: str, resolution: int, opts: CostOptions = CostOptions(), mesh=None,
@@ -352,7 +427,8 @@ def _num(x, fmt: str) -> str:
 
 
 TABLE_COLUMNS = ("group", "arm", "params", "FLOPs/img", "memory/dev", "step s", "img/s",
-                 "speed", "FLOP speed", "paper", "mode")
+                 "speed", "FLOP speed", "paper", "train FLOPs", "train h", "eval FLOPs",
+                 "eval h", "mode")
 
 
 def table_rows(report: dict) -> list[dict[str, str]]:
@@ -360,7 +436,10 @@ def table_rows(report: dict) -> list[dict[str, str]]:
            "FLOPs/img": _si(r["flops_per_image"]), "memory/dev": _bytes(r["memory"]["peak"]),
            "step s": _num(r["step_s"], ".3g"), "img/s": _num(r["img_per_s"], ".3g"),
            "speed": _pct(r["speed_pct"]), "FLOP speed": _pct(r["flops_speed_pct"]),
-           "paper": _pct(r["paper_speed_pct"]), "mode": r["mode"]} for r in report["rows"]]
+           "paper": _pct(r["paper_speed_pct"]), "train FLOPs": _si(r.get("train_flops")),
+           "train h": _num(r.get("train_time_h"), ".3g"), "eval FLOPs": _si(r.get("eval_flops")),
+           "eval h": _num(r.get("eval_time_h"), ".3g"), "mode": r["mode"]}
+          for r in report["rows"]]
 
 
 def format_report(report: dict) -> str:
@@ -380,6 +459,15 @@ def format_report(report: dict) -> str:
             f"- memory/dev: {MEMORY_FORMULA}.",
             f"- speed: measured img/s relative to {report['reference'] or 'the first arm of each group'}"
             "; FLOP speed: the reference's FLOPs/img over the arm's; paper: the paper's speed column."]
+  hw = report.get("hardware")
+  if hw:
+    tot = lambda k: sum(r.get(k) or 0.0 for r in report["rows"])
+    lines += [f"- train / eval FLOPs: the whole training (step FLOPs x steps) / every evaluation "
+              "of the model's runs (samples x sampler steps x 2 with guidance x one forward);"
+              f" h: predicted hours on {hw['chips']} chips of {hw['tflops']:g} TFLOP/s at "
+              f"{hw['utilisation']:.0%} utilisation (--chips, --chip-tflops, --utilisation).",
+              f"- in all: training {_si(tot('train_flops'))}FLOP, {tot('train_time_h'):.3g} h; "
+              f"evaluation {_si(tot('eval_flops'))}FLOP, {tot('eval_time_h'):.3g} h."]
   return "\n".join(lines) + "\n"
 
 
@@ -387,7 +475,7 @@ CSV_COLUMNS = ("group", "arm", "run_ids", "train_key", "resolution", "arch", "ba
                "devices", "params", "flops_per_image", "memory_peak", "memory_arguments",
                "memory_outputs", "memory_temps", "memory_aliased", "measured", "step_s",
                "img_per_s", "steps_timed", "speed_pct", "flops_speed_pct", "paper_speed_pct",
-               "compile_s", "mode")
+               "train_flops", "train_time_h", "eval_flops", "eval_time_h", "compile_s", "mode")
 
 
 def to_csv(report: dict) -> str:
@@ -504,6 +592,12 @@ def main(argv: Optional[list[str]] = None) -> int:
                   help="time a row's steps may take; fewer steps if the warm-up says more")
   ap.add_argument("--memory-limit-gb", type=float,
                   help="free memory to assume (GiB) instead of asking the device")
+  ap.add_argument("--chips", type=int, default=Hardware.chips,
+                  help="predicted times: number of chips (default 256)")
+  ap.add_argument("--chip-tflops", type=float, default=Hardware.tflops,
+                  help="predicted times: peak TFLOP/s of a chip (default 459, TPU v5p bf16)")
+  ap.add_argument("--utilisation", type=float, default=Hardware.utilisation,
+                  help="predicted times: share of the peak reached (default 0.4)")
   ap.add_argument("--table1", action="store_true", help="recompute the paper's table 1")
   ap.add_argument("--results", default="results", help="results folder (default results/)")
   ap.add_argument("--out", help="output folder (default RESULTS/cost)")
@@ -515,7 +609,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if v is not None and v < least:
       print(f"error: {name} {v} is impossible; pass {name} N with N >= {least}", file=sys.stderr)
       return 2
-  for name, v in (("--max-measure-s", a.max_measure_s), ("--memory-limit-gb", a.memory_limit_gb)):
+  if not 0 < a.utilisation <= 1:
+    print(f"error: --utilisation {a.utilisation} must lie in (0, 1]", file=sys.stderr)
+    return 2
+  for name, v in (("--max-measure-s", a.max_measure_s), ("--memory-limit-gb", a.memory_limit_gb),
+                  ("--chips", a.chips), ("--chip-tflops", a.chip_tflops)):
     if v is not None and not v > 0:
       print(f"error: {name} {v} must be positive", file=sys.stderr)
       return 2
@@ -541,7 +639,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         raise ConfigError("pass one sweep file (ablations/X.yaml), --preset NAME or --table1")
       from sweeps.spec import parse_overrides
       run_opts, over = parse_overrides([x for x in a.args if "=" in x])
-      report = sweep_cost(files[0], run_opts.get("tier", "paper"), over, opts)
+      report = sweep_cost(files[0], run_opts.get("tier", "paper"), over, opts,
+                          hardware=Hardware(a.chips, a.chip_tflops, a.utilisation))
   except (ConfigError, ValueError, KeyError) as e:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2

@@ -131,3 +131,31 @@ def test_compile_only_allocates_nothing_and_says_so():
   assert r["flops_per_image"] > 0 and r["memory"]["peak"] > r["memory"]["arguments"] > 0
   assert math.isnan(r["img_per_s"]) and math.isnan(r["speed_pct"])
   assert "compiled (needs" in cost.format_report(fit)
+
+
+def test_evaluation_cost_counts_samples_steps_and_guidance_passes(tmp_path):
+  """Issue 13.4: per model, the FLOPs of its runs' evaluations and predicted hours."""
+  from core.config import replace
+  _, runs = expand(os.path.join(os.path.dirname(__file__), "..", "ablations", "guidance.yaml"),
+                   "smoke")
+  plain, guided = runs[0].config, runs[1].config
+  assert plain.sampler.guidance_scale == 1.0 and guided.sampler.guidance_scale != 1.0
+  fwd = cost.forward_flops(plain)
+  assert fwd > 0
+  n, steps = plain.eval.num_samples, plain.sampler.steps
+  assert cost.eval_cost(plain)["eval_flops"] == pytest.approx(n * steps * fwd, rel=1e-9)
+  assert cost.eval_cost(guided)["eval_flops"] == pytest.approx(2 * n * steps * fwd, rel=1e-9)
+  more = replace(plain, **{"eval.num_samples": 3 * n, "sampler.steps": 2 * steps})
+  assert cost.eval_cost(more)["eval_flops"] == pytest.approx(6 * n * steps * fwd, rel=1e-9)
+  hw = cost.Hardware(chips=4, tflops=100.0, utilisation=0.5)
+  assert hw.seconds(2e14) == pytest.approx(1.0)
+  # A sweep's rows: a model whose runs sample at two scales pays for both evaluations.
+  path = tmp_path / "g.yaml"
+  path.write_text(TINY_SWEEP)
+  rep = cost.sweep_cost(str(path), "smoke", opts=cost.CostOptions(measure=False),
+                        log=lambda s: None, hardware=hw)
+  r = rep["rows"][0]
+  assert len(r["evals"]) == 2 and r["eval_flops"] == sum(e["eval_flops"] for e in r["evals"])
+  assert r["train_flops"] == pytest.approx(r["flops_step"] * 1)   # the file trains 1 step
+  assert r["eval_time_h"] == pytest.approx(hw.seconds(r["eval_flops"]) / 3600)
+  assert "eval h" in cost.format_report(rep)
