@@ -228,10 +228,17 @@ def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bo
 
 
 def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100) -> dict:
-  """FID and KID (mean, std over subsets) of features against a reference split's figures."""
-  from core.fid import fid_features_vs_stats, kid_from_features
+  """FID, KID (mean, std over subsets) and precision/recall (Kynkaanniemi et al. 2019, k = 3)
+  of features against a reference split's figures. KID and precision/recall use the split's
+  kept features (up to core.fid.REFERENCE_FEATURES_MAX); precision/recall are None where
+  either set has no more than k rows (no k-th neighbour)."""
+  from core.fid import fid_features_vs_stats, kid_from_features, precision_recall
   kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)
-  return {"fid": fid_features_vs_stats(features, ref), "kid": kid, "kid_std": kid_std}
+  precision = recall = None
+  if min(len(features), len(ref["features"])) > 3:
+    precision, recall = precision_recall(ref["features"], features, k=3)
+  return {"fid": fid_features_vs_stats(features, ref), "kid": kid, "kid_std": kid_std,
+          "precision": precision, "recall": recall}
 
 
 def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tuple[dict, int]:
@@ -329,6 +336,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
       m = sample_metrics(feats, refs[name])
       out[f"fid_{name}"], out[f"kid_{name}"], out[f"kid_{name}_std"] = \
           m["fid"], m["kid"], m["kid_std"]
+      out[f"precision_{name}"], out[f"recall_{name}"] = m["precision"], m["recall"]
       fm, floor["num"] = floor_metrics(len(feats), refs[name], refs[other])
       floor[f"fid_{name}"], floor[f"kid_{name}"], floor[f"kid_{name}_std"] = \
           fm["fid"], fm["kid"], fm["kid_std"]

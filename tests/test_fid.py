@@ -369,6 +369,90 @@ def test_kid_properties():
 
 
 # ----------------------------------------------------------------------------------------------
+# Precision and recall against torch-fidelity
+
+
+@pytest.fixture(scope="module")
+def prc_golden():
+  with np.load(DATA / "prc_golden.npz") as z:
+    return {k: z[k] for k in z.files}
+
+
+def _prc_case(g, case):
+  """The real and fake features and k of a golden case, as scripts/make_prc_golden.py gave them."""
+  def feats(name, rows):
+    x = g[name][rows]
+    return x.astype(np.float32) / int(g["q_scale"]) if name.startswith("q") else x
+  real_name, fake_name = (str(n) for n in g[f"{case}_pair"])
+  return (feats(real_name, g[f"{case}_real_rows"]), feats(fake_name, g[f"{case}_fake_rows"]),
+          int(g[f"{case}_k"]))
+
+
+def test_precision_recall_matches_torch_fidelity(prc_golden):
+  g = prc_golden
+  assert set(g["cases"]) == {"d64", "d64_swapped", "d64_same", "d64_k5", "tiny", "d2048",
+                             "d2048_dup", "bin32_ties"}
+  assert str(g["torch_fidelity_version"]) == "0.4.0"
+  for case in g["cases"]:
+    real, fake, k = _prc_case(g, case)
+    got = F.precision_recall(real, fake, k=k)
+    want = [g[f"{case}_precision"], g[f"{case}_recall"]]
+    assert 0 < min(want) and max(want) < 1, case      # no case is trivially 0 or 1
+    # torch-fidelity averages its counts in float32: equal to ~3e-8, the counts exactly
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=case)
+    np.testing.assert_allclose(got, [g[f"{case}_precision_f32"], g[f"{case}_recall_f32"]],
+                               rtol=1e-6, err_msg=case)   # its float32 path: the same counts
+  real, fake, k = _prc_case(g, "d2048")
+  for batch in (7, 64, 180):
+    np.testing.assert_allclose(F.precision_recall(real, fake, k=k, batch=batch),
+                               [g["d2048_precision"], g["d2048_recall"]], rtol=1e-6)
+
+
+def test_precision_recall_properties():
+  from scipy.spatial.distance import cdist
+  rng = np.random.default_rng(4)
+  a = rng.normal(size=(257, 16))
+  b = rng.normal(size=(230, 16)) * 1.2 + 0.3
+  # the radius: distance to the k-th nearest other row
+  for k in (1, 3, 5):
+    np.testing.assert_allclose(F.knn_radii(a, k), np.sort(cdist(a, a), axis=1)[:, k],
+                               rtol=1e-10, atol=1e-12)
+  # a duplicate row is a neighbour at distance 0
+  np.testing.assert_allclose(F.knn_radii(np.concatenate([a, a[:1]]), 1)[[0, -1]], 0, atol=1e-6)
+  assert F.precision_recall(a, a) == (1.0, 1.0)            # identical sets
+  assert F.precision_recall(a, a + 100.0) == (0.0, 0.0)    # far apart
+  pr = F.precision_recall(a, b)
+  assert 0 < pr[0] < 1 and 0 < pr[1] < 1
+  assert F.precision_recall(b, a) == pr[::-1]              # swapping the roles swaps them
+  for batch in (1, 2, 5, 64, 229, 230, 256, 257, 10_000):  # the blocks do not change it
+    assert F.precision_recall(a, b, batch=batch) == pr, batch
+  assert F.precision_recall(a.astype(np.float32), b.astype(np.float32)) == \
+      F.precision_recall(a.astype(np.float32).astype(np.float64), b.astype(np.float32))
+  # larger balls cover more
+  wider = [F.precision_recall(a, b, k=k) for k in (1, 3, 10)]
+  assert all(x <= y for lo, hi in zip(wider, wider[1:]) for x, y in zip(lo, hi))
+  with pytest.raises(ValueError, match="one D"):
+    F.precision_recall(a, b[:, :5])
+  with pytest.raises(ValueError, match="more than k rows"):
+    F.precision_recall(a, b[:3])
+
+
+def test_precision_recall_in_sample_metrics():
+  """core.evaluate.sample_metrics reports them against the reference's kept features; None
+  where a set is too small for a 3rd neighbour."""
+  from core.evaluate import sample_metrics
+  rng = np.random.default_rng(5)
+  real = rng.normal(size=(120, 8)).astype(np.float32)
+  ref = {**F.compute_stats(real), "features": real}
+  fake = (rng.normal(size=(60, 8)) * 1.3 + 0.2).astype(np.float32)
+  m = sample_metrics(fake, ref, kid_subsets=2)
+  assert (m["precision"], m["recall"]) == F.precision_recall(real, fake)
+  assert 0 < m["precision"] < 1 and 0 < m["recall"] < 1
+  small = sample_metrics(fake[:3], ref, kid_subsets=2)
+  assert small["precision"] is None and small["recall"] is None and np.isfinite(small["fid"])
+
+
+# ----------------------------------------------------------------------------------------------
 # Sources, statistics cache, CLI
 
 
