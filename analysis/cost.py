@@ -103,6 +103,26 @@ def traced_flops(traced) -> float:
   return _cost_value(traced.lower().cost_analysis()) + loop_extra_flops(traced.jaxpr.jaxpr)
 
 
+def matmul_peak(n: int = 2048, dtype: str = "float32", reps: int = 10) -> dict:
+  """The device's measured ceiling: FLOP/s of a jitted n x n matmul (2 n^3 FLOPs), the median
+  of `reps` timed calls after a warm-up, on the first device. Shares of it are what speed
+  figures are reported as (one run, one machine, side by side)."""
+  import jax
+  import jax.numpy as jnp
+  dev = jax.devices()[0]
+  a = jax.device_put(jnp.ones((n, n), dtype) * 0.01, dev)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a))
+    times.append(time.perf_counter() - t)
+  dt = float(np.median(times))
+  return {"n": n, "dtype": dtype, "seconds": dt, "flops_per_s": 2.0 * n ** 3 / dt,
+          "device": dev.device_kind}
+
+
 # --- memory --------------------------------------------------------------------------------
 
 def memory_figures(compiled) -> dict[str, float]:

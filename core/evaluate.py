@@ -18,6 +18,7 @@ from PIL import Image
 
 from core.config import ExperimentConfig
 from core.devices import devices_for_batch
+from core.runio import STOP
 from core.samplers import sample
 
 
@@ -153,6 +154,7 @@ def generate(trainer, params, cfg: ExperimentConfig, num: int, seed: int = 0,
   done = 0
   with tqdm(total=num, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
     for i in range(-(-num // bs)):
+      STOP.check()
       lab = None if labels_all is None else labels_all[i * bs:(i + 1) * bs]
       x, idx = local_rows(draw(jax.random.fold_in(key, i), lab))
       take = min(bs, num - done)
@@ -294,7 +296,8 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
          "train_time_s": sum(r.train_time_s for r, _ in stages),
          "guidance_scale": cfg.sampler.guidance_scale,
          "num_samples": n, "fid_train": None, "fid_eval": None, "kid_train": None,
-         "kid_eval": None, "is_mean": None, "is_std": None,
+         "kid_eval": None, "precision_train": None, "recall_train": None,
+         "precision_eval": None, "recall_eval": None, "is_mean": None, "is_std": None,
          # how the samples were drawn (issue 13: evaluation records say so)
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
                      "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
@@ -340,6 +343,8 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
       fm, floor["num"] = floor_metrics(len(feats), refs[name], refs[other])
       floor[f"fid_{name}"], floor[f"kid_{name}"], floor[f"kid_{name}_std"] = \
           fm["fid"], fm["kid"], fm["kid_std"]
+      # real images' own precision/recall at this n: what "perfect" reads as (below 1)
+      floor[f"precision_{name}"], floor[f"recall_{name}"] = fm.get("precision"), fm.get("recall")
     out["floor"] = floor
     out["ref_num"] = {name: int(r["count"]) for name, r in refs.items()}
     if want_logits:

@@ -84,6 +84,32 @@ def owner() -> dict:
   return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
+class _Stop:
+  """A stop asked for by a signal (sweeps.run's SIGTERM handler sets it). Long loops call
+  check(), which raises KeyboardInterrupt("SIGTERM") once it is set: the handler's own raise
+  can be lost where the signal lands inside a callback."""
+
+  def __init__(self):
+    import threading
+    self._event = threading.Event()
+
+  def set(self) -> None:
+    self._event.set()
+
+  def clear(self) -> None:
+    self._event.clear()
+
+  def is_set(self) -> bool:
+    return self._event.is_set()
+
+  def check(self) -> None:
+    if self._event.is_set():
+      raise KeyboardInterrupt("SIGTERM")
+
+
+STOP = _Stop()
+
+
 def _alive(holder: Any) -> bool:
   """Whether the process a lock or status names may still run. Another host's process cannot
   be checked from here and counts as alive; a reused pid can make a dead one look alive."""

@@ -29,7 +29,7 @@ from core.conditioning import make_task
 from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
-from core.runio import DirLock, append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
+from core.runio import STOP, DirLock, append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
 from core.schedules import make_schedule
 
 
@@ -315,6 +315,7 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
   steps_this_call = 0
   last_good = start
   while step < tc.steps:
+    STOP.check()
     batch = trainer.global_batch(next(it))
     state, m = trainer.step(state, batch, key)
     step += 1

@@ -27,16 +27,14 @@ def _time(fn, steps: int) -> tuple[float, float]:
 
 
 def bench_full_step(preset: str, res: int, batch: int, steps: int) -> dict:
-  from analysis.cost import CostOptions, measure_step
+  from analysis.cost import CostOptions, step_cost
   from core.experiment import resolve
-  from core.train import Trainer
   cfg = resolve({"resolution": res, "model": {"preset": preset}, "train": {"batch_size": batch}})
-  tr = Trainer(cfg)
-  # The first (warm-up) call compiles: its time is the compile time plus one step.
-  out = measure_step(tr, tr.step, batch, CostOptions(measure_steps=steps, warmup=1,
-                                                    max_measure_s=1e9))
-  return {"what": f"{preset} @{res} batch {batch}, full step", "compile_s": out["warmup_step_s"],
-          "step_s": out["step_s"], "img_s": out["img_per_s"]}
+  out = step_cost(cfg, CostOptions(measure=True, measure_steps=steps, warmup=1,
+                                   max_measure_s=1e9))
+  return {"what": f"{preset} @{res} batch {batch}, full step", "compile_s": out["compile_s"],
+          "step_s": out["step_s"], "img_s": out["img_per_s"],
+          "flop_s": out["flops_step"] / out["step_s"]}
 
 
 def bench_grad_only(preset: str, res: int, batch: int, steps: int) -> dict:
@@ -68,17 +66,23 @@ def main() -> None:
   ap.add_argument("--skip-paper", action="store_true")
   ap.add_argument("--skip-small", action="store_true", help="the paper preset's row only")
   a = ap.parse_args()
+  from analysis.cost import matmul_peak
   print(f"devices: {jax.devices()}")
+  peak = matmul_peak(2048, "float32")["flops_per_s"]   # the ceiling, measured in this run
+  print(f"ceiling: float32 matmul 2048^2, {peak / 1e9:.0f} GFLOP/s")
   rows = [] if a.skip_small else [
       bench_full_step(p, 32, 32, a.steps) for p in ("unet_tiny", "uvit_tiny", "unet_small", "uvit_small")]
   if not a.skip_paper:
     from core.models import PAPER_RESOLUTIONS
     rows.append(bench_grad_only(a.paper, PAPER_RESOLUTIONS[a.paper], 1, max(2, a.steps // 5)))
   ref = rows[0]["img_s"]
-  print(f"{'configuration':48s} {'compile s':>9s} {'step s':>8s} {'img/s':>9s} {'vs first':>8s}")
+  print(f"{'configuration':48s} {'compile s':>9s} {'step s':>8s} {'img/s':>9s} {'vs first':>8s} "
+        f"{'GFLOP/s':>8s} {'of ceiling':>10s}")
   for r in rows:
+    fl = r.get("flop_s")
+    share = f"{fl / 1e9:8.1f} {fl / peak:10.1%}" if fl else f"{'':8s} {'':10s}"
     print(f"{r['what']:48s} {r['compile_s']:9.1f} {r['step_s']:8.4f} {r['img_s']:9.2f} "
-          f"{r['img_s'] / ref:8.3f}")
+          f"{r['img_s'] / ref:8.3f} {share}")
 
 
 if __name__ == "__main__":

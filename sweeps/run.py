@@ -17,7 +17,7 @@ import traceback
 from typing import Optional
 
 from core.config import ConfigError, to_dict
-from core.runio import (DirLock, LockHeld, owner, read_json, read_jsonl, run_state,
+from core.runio import (STOP, DirLock, LockHeld, owner, read_json, read_jsonl, run_state,
                         write_json_atomic, write_yaml_atomic)
 from core.experiment import model_dir as shared_model_dir
 from sweeps.spec import RunSpec, _flatten, expand, parse_overrides
@@ -217,6 +217,9 @@ class _sigterm_as_interrupt:
     self.old = None
     if threading.current_thread() is threading.main_thread():
       def raise_interrupt(signum, frame):
+        # Python drops an exception raised where the signal lands inside a callback (XLA's
+        # gc callback, a __del__): the flag makes the training and sampling loops raise it again.
+        STOP.set()
         raise KeyboardInterrupt("SIGTERM")
       self.old = signal.signal(signal.SIGTERM, raise_interrupt)
     return self
@@ -225,6 +228,7 @@ class _sigterm_as_interrupt:
     import signal
     if self.old is not None:
       signal.signal(signal.SIGTERM, self.old)
+    STOP.clear()
     return False
 
 
@@ -305,6 +309,7 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
   beside it."""
   failed, busy = 0, []
   for i, r in enumerate(runs):
+    STOP.check()
     rd = os.path.join(sdir, r.run_id)
     if is_done(sdir, r):
       print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")

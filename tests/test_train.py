@@ -200,3 +200,16 @@ def test_compiled_programs_persist_in_the_cache_folder(tmp_path):
   assert warm < cold
   run({**env, "SIMPLEDIFF_CACHE": str(tmp_path / "off"), "SIMPLEDIFF_COMPILE_CACHE": "0"})
   assert not os.path.exists(tmp_path / "off" / "jax")
+
+
+def test_a_stop_asked_for_by_a_signal_is_not_lost(tmp_path):
+  """The SIGTERM handler's KeyboardInterrupt can land inside a callback, where Python drops it
+  (seen: XLA's gc callback); the flag it sets stops training at the next step all the same."""
+  from core.runio import STOP
+  STOP.set()
+  try:
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+      train(_cfg(), str(tmp_path / "w"), log=lambda s: None)
+  finally:
+    STOP.clear()
+  assert train(_cfg(), str(tmp_path / "w2"), log=lambda s: None).steps_run == 4

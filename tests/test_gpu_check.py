@@ -1,0 +1,19 @@
+"""scripts/gpu_check.py runs here at tiny sizes, so that it works the day a GPU is lent."""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+
+def test_gpu_check_runs_tiny_on_cpu_and_reports_shares_of_its_peak(tmp_path, capsys):
+  import gpu_check
+  out = tmp_path / "check.json"
+  assert gpu_check.main(["--tiny", "--reps", "1", "--out", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert "peak" in text and "of peak" in text
+  rep = json.loads(out.read_text())
+  assert rep["peak"]["flops_per_s"] > 0 and len(rep["rows"]) == 4
+  for r in rep["rows"]:
+    assert r["img_per_s"] > 0 and 0 < r["share_of_peak"] < 5, r   # a share, not a raw count
