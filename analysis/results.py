@@ -129,6 +129,9 @@ def load_sweep(path: str) -> Sweep:
   meta = read_json(os.path.join(path, "sweep.json"))
   if not isinstance(meta, dict):
     raise ValueError(f"{os.path.join(path, 'sweep.json')} is not a readable JSON object")
+  if not isinstance(meta.get("runs") or [], list):
+    raise ValueError(f"{os.path.join(path, 'sweep.json')}: 'runs' is {meta['runs']!r}, not a list "
+                     "of runs; rerun the sweep command to rewrite it")
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
