@@ -259,6 +259,11 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
       notes.append(f"speed: training images per second relative to the arm {who} (= 100%), "
                    "each the mean over its finished seeds.")
   notes.append("seeds: finished runs (state done, with eval.json) that the numbers average.")
+  drawn = sorted({str(x) for x in sweep.runs.get("sampler", pd.Series(dtype=object)).dropna()})
+  if len(drawn) == 1:
+    notes.append(f"samples drawn with {drawn[0]} (every run's eval.json).")
+  elif drawn:
+    notes.append("samples drawn with different samplers: " + "; ".join(drawn) + ".")
   if summ["minutes"].map(finite).any():
     notes.append("min/run: wall minutes of a run, training (this process's part, compiling "
                  "included) plus evaluation (sampling, Inception, reference statistics the first "

@@ -122,7 +122,22 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
     row["guidance_scale"] = _num(values[GUIDANCE_KEY])
   fl = (ev or {}).get("floor") if row["has_eval"] else None
   row["floor"] = fl if isinstance(fl, dict) else None
+  row["sampler"] = sampler_text((ev or {}).get("sampler")) if row["has_eval"] else None
   return row
+
+
+def sampler_text(s) -> Optional[str]:
+  """How an eval.json's samples were drawn, e.g. 'ddpm, 64 steps, noise_param 0.2, x clipped'."""
+  if not isinstance(s, dict) or not s.get("name"):
+    return None
+  parts = [str(s["name"])]
+  if s.get("steps") is not None:
+    parts.append(f"{s['steps']} steps")
+  if s.get("noise_param") is not None and s.get("name") == "ddpm":
+    parts.append(f"noise_param {s['noise_param']:g}")
+  if s.get("clip_x") is not None:
+    parts.append("x clipped" if s["clip_x"] else "x not clipped")
+  return ", ".join(parts)
 
 
 def load_sweep(path: str) -> Sweep:
@@ -135,7 +150,7 @@ def load_sweep(path: str) -> Sweep:
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
-          *EVAL_KEYS, "eval_step", "floor", "samples", "dir", "values"]
+          *EVAL_KEYS, "eval_step", "floor", "sampler", "samples", "dir", "values"]
   df = pd.DataFrame(rows, columns=cols)
   name = os.path.basename(os.path.normpath(path))
   return Sweep(name=name, path=path, meta=meta, runs=df)

@@ -63,7 +63,10 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
   name: str = "ddpm"              # ddpm (appendix, ancestral) | ddim (deterministic)
-  steps: int = 256                # [?] the paper does not state the step count of its tables
+  steps: int = 256                # [?] the paper does not state the step count of its tables;
+                                  # reading used: 256 (its appendix sampler); W.A.L.T reports
+                                  # simple diffusion sampled at 512 (sampler.steps=512). Tables
+                                  # print the steps each run's eval.json records.
   noise_param: float = 0.2        # [?] 0.2 default, 1.0 for the MS-COCO numbers
   clip_x: bool = True             # [?] whether x_hat is clipped to [-1, 1]
   guidance_scale: float = 1.0     # paper's scale = 1 + eta; 1.0 is no guidance
