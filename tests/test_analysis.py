@@ -457,3 +457,24 @@ def test_notebook_executes_against_a_results_folder(tmp_path, monkeypatch):
   assert len(pngs) == 4                   # schedules, noise, the sweep's loss and samples
   assert len(tables) == 1 and "multiscale_cpu" in tables[0] and "failed" in tables[0]
   assert any(root in o.get("text", "") for o in outputs)
+
+
+def test_tables_say_how_the_samples_were_drawn(results, tmp_path):
+  """Issue 14.4: the sampler and its steps, from each run's eval.json."""
+  import glob
+  import shutil
+  sdir = str(tmp_path / "noise_shift_cpu")
+  shutil.copytree(os.path.join(results, "noise_shift_cpu"), sdir)
+  sampler = {"name": "ddpm", "steps": 64, "noise_param": 0.2, "clip_x": True}
+  evals = sorted(glob.glob(os.path.join(sdir, "*", "eval.json")))
+  assert len(evals) >= 2
+  for i, p in enumerate(evals):
+    ev = json.load(open(p))
+    json.dump({**ev, "sampler": sampler}, open(p, "w"))
+  notes = make_tables.build_table(load_sweep(sdir)).notes
+  assert "samples drawn with ddpm, 64 steps, noise_param 0.2, x clipped (every run's eval.json)." in notes
+  ev = json.load(open(evals[0]))
+  json.dump({**ev, "sampler": {**sampler, "steps": 512}}, open(evals[0], "w"))
+  notes = make_tables.build_table(load_sweep(sdir)).notes
+  assert any(n.startswith("samples drawn with different samplers") and "512 steps" in n
+             for n in notes)
