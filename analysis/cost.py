@@ -375,7 +375,9 @@ def sweep_cost(path: str, tier: str = "paper", overrides: Optional[dict] = None,
            **arm_cost(m["config"], opts, mesh, log),
            "eval_flops": sum(e["eval_flops"] for e in evals), "evals": evals}
     row["train_flops"] = train_flops(row, m["config"])
-    paper = paper_numbers.lookup(meta["table"], arms[0]["group"], arms[0]["arm"]) or {}
+    first = next(r for r in meta["runs"] if r["run_id"] == arms[0]["run_id"])
+    paper = paper_numbers.for_run(meta["table"], arms[0]["group"], arms[0]["arm"],
+                                  first.get("paper")) or {}
     row["paper_speed_pct"] = float(paper.get("speed", math.nan))
     if meta["reference"] in (a["run_id"] for a in arms):
       ref_index = i

@@ -121,7 +121,7 @@ def _arm_rows(r, paper: bool, table: str, cost) -> tuple[dict, dict]:
                               "params", "minutes", "train_img_per_s")})
   x["speed_pct"] = r["speed"]
   if paper:
-    p = paper_numbers.lookup(table, r["group"], r["arm"]) or {}
+    p = paper_numbers.for_run(table, r["group"], r["arm"], r.get("paper")) or {}
     d["paper FID train"] = _fmt(p.get("fid_train", math.nan))
     d["paper FID eval"] = _fmt(p.get("fid_eval", math.nan))
     d["paper IS"] = _fmt(p.get("is_mean", math.nan), p.get("is_std", math.nan))

@@ -122,6 +122,18 @@ def lookup(table, group, arm) -> Optional[dict]:
   return None
 
 
+def for_run(table, group, arm, refs=None) -> Optional[dict]:
+  """The paper's row a run reproduces in `table`: the one its sweep file names (sweep.json's
+  "paper", from the arm's `paper:`), else, for results written before arms named their rows,
+  the row whose labels match the run's group and arm."""
+  if refs is None:
+    return lookup(table, group, arm)
+  for ref in refs if isinstance(refs, list) else []:
+    if isinstance(ref, dict) and str(ref.get("table")) == str(table):
+      return lookup(ref["table"], ref.get("group"), ref.get("arm"))
+  return None
+
+
 def arms_of(table) -> list[tuple[str, str]]:
   """(group, arm) pairs of a table in the paper's order."""
   return [(g, a) for g, arms in TABLES.get(str(table), {}).items() for a in arms]

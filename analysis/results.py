@@ -123,6 +123,7 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
   fl = (ev or {}).get("floor") if row["has_eval"] else None
   row["floor"] = fl if isinstance(fl, dict) else None
   row["sampler"] = sampler_text((ev or {}).get("sampler")) if row["has_eval"] else None
+  row["paper"] = r.get("paper")   # the published rows the arm names (None: older sweep.json)
   return row
 
 
@@ -150,7 +151,7 @@ def load_sweep(path: str) -> Sweep:
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
-          *EVAL_KEYS, "eval_step", "floor", "sampler", "samples", "dir", "values"]
+          *EVAL_KEYS, "eval_step", "floor", "sampler", "paper", "samples", "dir", "values"]
   df = pd.DataFrame(rows, columns=cols)
   name = os.path.basename(os.path.normpath(path))
   return Sweep(name=name, path=path, meta=meta, runs=df)
@@ -250,7 +251,8 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
     sub = runs[(runs["group"] == g) & (runs["arm"] == a)]
     done = sub[sub["has_eval"]]
     row = {"group": g, "arm": a, "state": _state_text(sub), "seeds": int(len(done)),
-           "runs": int(len(sub)), "run_ids": list(sub["run_id"])}
+           "runs": int(len(sub)), "run_ids": list(sub["run_id"]),
+           "paper": sub["paper"].iloc[0] if "paper" in sub else None}
     for k in METRICS:
       row[k], row[f"{k}_std"] = _mean_std(done[k])
       row[f"{k}_n"] = _count(done[k])
@@ -273,7 +275,7 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
   cols = ["group", "arm", "state", "seeds", "runs",
           *(f"{k}{s}" for k in METRICS for s in ("", "_std", "_ci95", "_n")),
           "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params", "minutes",
-          "train_img_per_s", "speed", "guidance_scale", "is_reference", "run_ids"]
+          "train_img_per_s", "speed", "guidance_scale", "is_reference", "run_ids", "paper"]
   return pd.DataFrame(rows, columns=cols)
 
 

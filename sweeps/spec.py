@@ -52,6 +52,7 @@ class RunSpec:
   values: dict
   config: ExperimentConfig
   train_key: str    # runs that differ only in sampling/evaluation share one trained model
+  paper: tuple = ()  # the published rows this run reproduces: ({"table", "group", "arm"}, ...)
 
 
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
@@ -170,6 +171,20 @@ def _pick_tier(flat: dict[str, Any], tier: str) -> tuple[dict[str, Any], set[str
   return out, chosen
 
 
+def _paper_rows(refs, label: str, group: str, where: str) -> tuple:
+  """An arm's `paper:` ("TABLE/GROUP/ROW", or a list of them; {label} and {group} stand for
+  the arm's own) -> the published rows it reproduces. The first is the sweep's own table's."""
+  if refs is None:
+    return ()
+  out = []
+  for ref in refs if isinstance(refs, list) else [refs]:
+    parts = str(ref).format(label=label, group=group).split("/", 2)
+    if len(parts) != 3 or not all(parts):
+      raise ConfigError(f"{where}: paper: {ref!r} must read TABLE/GROUP/ROW, e.g. 2/128/cosine")
+    out.append({"table": parts[0], "group": parts[1], "arm": parts[2]})
+  return tuple(out)
+
+
 def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = None,
            seeds: int | None = None) -> tuple[dict[str, Any], list[RunSpec]]:
   """The sweep's metadata and its runs, every config resolved and validated."""
@@ -203,9 +218,9 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
   for i, arm in enumerate(spec["arms"]):
     if not isinstance(arm, dict) or "label" not in arm:
       raise ConfigError(f"{path}: arms[{i}] needs a 'label'")
-    bad = set(arm) - {"label", "group", "set"}
+    bad = set(arm) - {"label", "group", "set", "paper"}
     if bad:
-      raise ConfigError(f"{path}: arms[{i}] has unknown key {sorted(bad)[0]!r}; valid: label, group, set")
+      raise ConfigError(f"{path}: arms[{i}] has unknown key {sorted(bad)[0]!r}; valid: label, group, set, paper")
     if arm.get("set") is not None and not isinstance(arm["set"], dict):
       raise ConfigError(f"{path}: arms[{i}].set must be a mapping of key: value, got "
                         f"{arm['set']!r}")
@@ -219,11 +234,13 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
         label = f"{label} {k.split('.')[-1]}={v}"
       if grid and spec.get("grid_label"):
         label = spec["grid_label"].format(**fields)
-      arms.append((label, str(arm.get("group", "")), vals))
+      arms.append((label, str(arm.get("group", "")), vals,
+                   _paper_rows(arm.get("paper"), label, str(arm.get("group", "")),
+                               f"{path}: arms[{i}]")))
 
   runs: list[RunSpec] = []
   seen = set()
-  for label, group, vals in arms:
+  for label, group, vals, paper in arms:
     where = f"{path}: arm {label!r}"
     base_t, base_chosen = _pick_tier(base, tier)
     arm_t, arm_chosen = _pick_tier(vals, tier)
@@ -247,7 +264,7 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
         msg = e.args[0] if e.args else str(e)
         raise ConfigError(f"{where}: {msg}") from None
       runs.append(RunSpec(run_id=run_id, arm=label, group=group, seed=seed, values=vals,
-                          config=cfg, train_key=train_key(cfg)))
+                          config=cfg, train_key=train_key(cfg), paper=paper))
 
   ref = spec.get("reference")
   ref_id = None
@@ -258,7 +275,8 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
     ref_id = matches[0]
   meta = {"sweep": spec["name"], "file": path, "table": str(spec.get("table", "")),
           "title": spec.get("title", spec["name"]), "tier": tier, "reference": ref_id,
-          "axes": sorted({k for _, _, v in arms for k in v}),
+          "axes": sorted({k for _, _, v, _ in arms for k in v}),
           "runs": [{"run_id": r.run_id, "arm": r.arm, "group": r.group, "seed": r.seed,
-                    "values": {k: v for k, v in r.values.items()}} for r in runs]}
+                    "values": {k: v for k, v in r.values.items()},
+                    "paper": list(r.paper)} for r in runs]}
   return meta, runs

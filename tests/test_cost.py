@@ -26,8 +26,8 @@ base:
   data: {source: shapes, num_classes: 10, size: 64}
   train: {batch_size: 8, steps: 1}
 arms:
-  - {label: "2+3", group: "128", set: {model.num_res_blocks: [1, 1]}}
-  - {label: "4+5", group: "128", set: {model.num_res_blocks: [1, 2]}}
+  - {label: "2+3", group: "128", paper: "4/{group}/{label}", set: {model.num_res_blocks: [1, 1]}}
+  - {label: "4+5", group: "128", paper: "4/{group}/{label}", set: {model.num_res_blocks: [1, 2]}}
   - {label: "2+3 s7", group: "128", set: {model.num_res_blocks: [1, 1], sampler.steps: 7}}
 tiers:
   smoke: {scale: 1}

@@ -363,3 +363,35 @@ def test_a_second_sweep_file_reuses_the_model_the_first_trained(tmp_path, monkey
 def runner_base(extra):
   from core.config import deep_merge
   return deep_merge(MINI_BASE, extra)
+
+
+def test_every_published_row_is_named_by_its_arm():
+  """Issue 14.3: arms name the paper's rows they reproduce (table/group/row); every name is a
+  row of analysis.paper_numbers, and every arm of a table with a row of that label names it."""
+  from analysis import paper_numbers
+  for f in FILES:
+    meta, runs = expand(f, "paper")
+    for r in runs:
+      for ref in r.paper:
+        assert paper_numbers.lookup(ref["table"], ref["group"], ref["arm"]) is not None, (f, ref)
+      own = paper_numbers.lookup(meta["table"], r.group, r.arm)
+      if own is not None and not r.arm.startswith("CDM "):
+        assert r.paper and r.paper[0]["table"] == meta["table"], (f, r.arm, r.group)
+    assert all("paper" in x for x in meta["runs"])
+
+
+def test_tables_take_the_row_the_arm_names_not_its_label(tmp_path):
+  from analysis import make_tables
+  from analysis.results import load_sweep
+  from core.runio import write_json_atomic
+  sdir = tmp_path / "r" / "mini_paper"
+  runs = [{"run_id": "a-s0", "arm": "my cosine", "group": "128", "seed": 0, "values": {},
+           "paper": [{"table": "2", "group": "128", "arm": "cosine"}]},
+          {"run_id": "b-s0", "arm": "shift 64", "group": "128", "seed": 0, "values": {},
+           "paper": []}]
+  write_json_atomic(str(sdir / "sweep.json"), {"sweep": "mini", "table": "2", "title": "t",
+                                               "tier": "paper", "reference": None, "runs": runs})
+  d = make_tables.build_table(load_sweep(str(sdir)), with_paper=True).display
+  row = lambda a: d[d["arm"] == a].iloc[0]
+  assert row("my cosine")["paper FID train"] == "2.96"
+  assert row("shift 64")["paper FID train"] == ""     # names no row, though its label matches
