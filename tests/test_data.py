@@ -373,3 +373,26 @@ def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
     data.decode_image(str(f), 8)
   with pytest.raises(data.ImageModeError, match="float.tiff"):
     _load_rgb(f)
+
+
+def test_reference_cache_key_names_the_data_not_the_folder_name(tmp_path, monkeypatch):
+  """Issue 15.2: two folders called `imgs` once shared FID statistics (an all-black folder
+  scored 87.55 against another's). The key holds the absolute path, the files and their sizes,
+  the split and the count."""
+  monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
+  rng = np.random.default_rng(1)
+  for where, fill in (("a", None), ("b", 0)):
+    for i in range(3):
+      img = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8) if fill is None else \
+          np.full((8, 8, 3), fill, np.uint8)
+      _write(str(tmp_path / where / "imgs" / "train" / f"{i}.png"), img, "PNG")
+  key = lambda p, split="train", num=3: data.data_fingerprint(
+      DataConfig(source="folder", path=str(p)), split, num)
+  a, b = tmp_path / "a" / "imgs", tmp_path / "b" / "imgs"
+  assert key(a) == key(a) and key(a) != key(b)
+  assert key(a, num=2) != key(a)
+  # a file rewritten with other content (and size) is other data
+  before = key(a)
+  _write(str(a / "train" / "0.png"), np.zeros((8, 8, 3), np.uint8), "PNG")
+  data._LISTINGS.clear()
+  assert key(a) != before
