@@ -35,6 +35,28 @@ def resolve(d: dict[str, Any]) -> ExperimentConfig:
   return cfg
 
 
+def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
+  """What resolve cannot see, checked before any training: the model builds at this
+  resolution (shapes, divisibility), and (data=True) the data can be had. ConfigError names
+  the key and the fix."""
+  import importlib.util
+  import os
+  from core.models import build_model
+  build_model(cfg.model, cfg.resolution)
+  if not data:
+    return
+  d = cfg.data
+  if d.source in ("folder", "npz", "array_record"):
+    if not d.path:
+      raise ConfigError(f"data.source={d.source} needs data.path; pass data.path=/path/to/data")
+    if not os.path.exists(d.path):
+      raise ConfigError(f"data.path={d.path!r} does not exist; pass data.path=/path/to/data")
+  elif d.source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
+    raise ConfigError(f"data.source=tfds ({d.path or 'imagenet2012'}) needs tensorflow-datasets "
+                      "and the prepared data set: pip install 'simplediff[tfds]', or pass "
+                      "data.source=folder data.path=/path/to/imagenet")
+
+
 def check_names(cfg: ExperimentConfig) -> None:
   """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
   typo fails when the config is resolved rather than when training or sampling reaches it."""

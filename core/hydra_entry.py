@@ -18,12 +18,9 @@ def _fail(msg: str) -> NoReturn:
 
 
 def _check(cfg: ExperimentConfig) -> None:
-  """What resolve cannot see: the model builds at this resolution and the data is there (the
-  sweep runner's preflight, for this one run)."""
-  from sweeps.run import preflight
-  from sweeps.spec import RunSpec
-  preflight([RunSpec(run_id=cfg.name, arm=cfg.name, group="", seed=cfg.train.seed, values={},
-                     config=cfg, train_key="")])
+  """What resolve cannot see: the model builds at this resolution and the data is there."""
+  from core.experiment import check_runnable
+  check_runnable(cfg)
 
 
 def precheck(argv: list[str]) -> None:

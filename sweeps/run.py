@@ -33,28 +33,17 @@ def set_status(run_dir: str, state: str, **extra) -> None:
 
 
 def preflight(runs: list[RunSpec]) -> None:
-  """Fails before any training on data that cannot be had, naming the key and the fix."""
-  from core.models import build_model
+  """Fails before any training on a model that cannot be built or data that cannot be had,
+  naming the run, the key and the fix (core.experiment.check_runnable, once per data set)."""
+  from core.experiment import check_runnable
   checked = set()
   for r in runs:
     d = r.config.data
-    build_model(r.config.model, r.config.resolution)  # shapes and divisibility
-    if (d.source, d.path) in checked:
-      continue
+    try:
+      check_runnable(r.config, data=(d.source, d.path) not in checked)
+    except ConfigError as e:
+      raise ConfigError(f"run {r.run_id!r}: {e.args[0] if e.args else e}") from None
     checked.add((d.source, d.path))
-    if d.source in ("folder", "npz", "array_record"):
-      if not d.path:
-        raise ConfigError(f"run {r.run_id!r}: data.source={d.source} needs data.path; pass "
-                          "data.path=/path/to/data")
-      if not os.path.exists(d.path):
-        raise ConfigError(f"run {r.run_id!r}: data.path={d.path!r} does not exist; pass "
-                          "data.path=/path/to/data")
-    elif d.source == "tfds":
-      import importlib.util
-      if importlib.util.find_spec("tensorflow_datasets") is None:
-        raise ConfigError(f"run {r.run_id!r}: data.source=tfds ({d.path or 'imagenet2012'}) "
-                          "needs tensorflow-datasets and the prepared data set: pip install "
-                          "'simplediff[tfds]', or pass data.source=folder data.path=/path/to/imagenet")
 
 
 def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
