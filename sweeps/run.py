@@ -16,7 +16,7 @@ import time
 import traceback
 from typing import Optional
 
-from core.config import ConfigError, to_dict
+from core.config import ConfigError, replace, to_dict
 from core.runio import (STOP, DirLock, LockHeld, owner, read_json, read_jsonl, run_state,
                         write_json_atomic, write_yaml_atomic)
 from core.experiment import model_dir as shared_model_dir
@@ -71,6 +71,8 @@ def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
   done_before = 0
   for i, c in enumerate(configs):
     model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
+    if not progress:   # --no-progress: the training bar too (train.progress is not in the key)
+      c = replace(c, **{"train.progress": False})
     # status.json follows training (step counted over all stages of a cascade)
     on_log = lambda row, b=done_before: status(run_dir, "running", step=b + int(row["step"]),
                                                steps=total, **who)
@@ -124,7 +126,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--only", action="append", default=[], help="run id or arm label (repeatable)")
   ap.add_argument("--tpu-commands", action="store_true",
                   help="print the per-host command of each run for a TPU VM pod slice")
-  ap.add_argument("--no-progress", action="store_true")
+  ap.add_argument("--no-progress", action="store_true",
+                  help="no progress bars (training, sampling, reference statistics)")
   ap.add_argument("--redo", action="store_true",
                   help="runs whose folder holds other settings: move the old folder to "
                        "<sweep>/_replaced/ and run again (default: stop with an error)")
