@@ -31,8 +31,8 @@ import pandas as pd
 import seaborn as sns
 
 from analysis import paper_numbers
-from analysis.results import (Sweep, arm_summary, finite, load_results, run_metrics,
-                              varies_guidance)
+from analysis.results import (Sweep, arm_summary, finite, load_results, make_out_dir,
+                              readable_results, run_metrics, varies_guidance)
 
 NOISE_TS = (0.2, 0.4, 0.6, 0.8)
 SHAPES_INDEX = 1      # a triangle over a gradient: large shapes make lost signal easy to see
@@ -516,24 +516,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                  help="draw the paper's curves at any tier (default: only at tier paper)")
   g.add_argument("--no-paper", dest="with_paper", action="store_false")
   args = ap.parse_args(argv)
-  if not os.path.isdir(args.results):
-    what = "is a file, not a folder" if os.path.exists(args.results) else "does not exist"
-    print(f"error: results folder {args.results!r} {what}; pass the folder sweeps.run wrote "
-          "(--results, default results/)", file=sys.stderr)
-    return 2
-  skipped: list[str] = []
-  if not load_results(args.results, warn=skipped.append) and skipped:  # before any figure
-    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-    print(f"error: no readable sweep in {args.results!r}: {skipped[0].removeprefix('skipped ')}"
-          f"{more}; rerun its sweep to rewrite sweep.json, or move the folder away",
-          file=sys.stderr)
-    return 2
+  _, _, err = readable_results(args.results)   # before any figure
   out = args.out or os.path.join(args.results, "figures")
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as e:
-    print(f"error: --out {out!r}: cannot make the folder ({e.strerror}); pass --out a writable "
-          "folder", file=sys.stderr)
+  err = err or make_out_dir(out)
+  if err:
+    print(f"error: {err}", file=sys.stderr)
     return 2
   matplotlib.use("Agg")
   paths = make_all(args.results, args.out, args.with_paper,

@@ -39,7 +39,7 @@ import pandas as pd
 
 from analysis import paper_numbers
 from analysis.results import (METRICS, Sweep, arm_summary, finite, group_floors, human_count,
-                              load_results)
+                              make_out_dir, readable_results)
 from core.runio import read_json, write_text_atomic
 
 KID_SCALE = 1e3        # KID is shown x 10^3 (values of 1e-3..1e-1 read as 1..100); CSV unscaled
@@ -372,18 +372,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   g.add_argument("--no-paper", dest="with_paper", action="store_false")
   ap.add_argument("--quiet", action="store_true", help="do not print the tables")
   args = ap.parse_args(argv)
-  if not os.path.isdir(args.results):
-    what = "is a file, not a folder" if os.path.exists(args.results) else "does not exist"
-    print(f"error: results folder {args.results!r} {what}; pass the folder sweeps.run wrote "
-          "(--results, default results/)", file=sys.stderr)
-    return 2
-  skipped: list[str] = []
-  sweeps = load_results(args.results, warn=skipped.append)
-  if skipped and not sweeps:   # nothing readable: an error, not "no sweeps"
-    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-    print(f"error: no readable sweep in {args.results!r}: {skipped[0].removeprefix('skipped ')}"
-          f"{more}; rerun its sweep to rewrite sweep.json, or move the folder away",
-          file=sys.stderr)
+  sweeps, skipped, err = readable_results(args.results)
+  if err:
+    print(f"error: {err}", file=sys.stderr)
     return 2
   for m in skipped:
     print(f"warning: {m}", file=sys.stderr)
@@ -391,11 +382,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"no sweeps in {args.results!r} (no sub-folder holds a sweep.json); no tables written")
     return 0
   out = args.out or os.path.join(args.results, "tables")
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as e:
-    print(f"error: --out {out!r}: cannot make the folder ({e.strerror}); pass --out a writable "
-          "folder", file=sys.stderr)
+  err = make_out_dir(out)
+  if err:
+    print(f"error: {err}", file=sys.stderr)
     return 2
   for s in sweeps:
     t = build_table(s, args.with_paper)

@@ -169,6 +169,32 @@ def load_results(root: str, warn=None) -> list[Sweep]:
   return out
 
 
+def readable_results(root: str) -> tuple[list[Sweep], list[str], Optional[str]]:
+  """(sweeps, warnings, error) for a command that reads a results folder: the error (one
+  line, or None) where the folder is missing, is a file, or holds sweeps none of which can be
+  read (an error rather than "no sweeps")."""
+  if not os.path.isdir(root):
+    what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+    return [], [], (f"results folder {root!r} {what}; pass the folder sweeps.run wrote "
+                    "(--results, default results/)")
+  skipped: list[str] = []
+  sweeps = load_results(root, warn=skipped.append)
+  if skipped and not sweeps:
+    more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
+    return [], skipped, (f"no readable sweep in {root!r}: {skipped[0].removeprefix('skipped ')}"
+                         f"{more}; rerun its sweep to rewrite sweep.json, or move the folder away")
+  return sweeps, skipped, None
+
+
+def make_out_dir(out: str) -> Optional[str]:
+  """Makes an output folder; the one-line error where it cannot be made, else None."""
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    return f"--out {out!r}: cannot make the folder ({e.strerror}); pass --out a writable folder"
+  return None
+
+
 def run_metrics(run_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
   """(training rows, evaluation rows) of a run's metrics.jsonl, sorted by step."""
   rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if isinstance(r, dict)]

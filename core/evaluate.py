@@ -106,10 +106,10 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
   def draw(key, labels, low=None):
     # Host inputs, the same on every process, become global arrays; `low` (a lower cascade
     # stage's output) already is one.
-    put = lambda x: None if x is None else (x if isinstance(x, jax.Array) and not
-                                            x.is_fully_addressable else _global(np.asarray(x), rows))
-    if jax.process_count() == 1:
-      put = lambda x: None if x is None else jax.device_put(x, rows)
+    def put(x):
+      if x is None or (isinstance(x, jax.Array) and not x.is_fully_addressable):
+        return x
+      return jax.device_put(x, rows) if jax.process_count() == 1 else _global(np.asarray(x), rows)
     kd = _global(np.asarray(jax.random.key_data(key)), rep)
     return _draw(params, kd, put(labels), put(low))
   draw.mesh = mesh

@@ -68,7 +68,7 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
 def inception_row(batch: int, reps: int, peak: float) -> dict:
   import jax
   import numpy as np
-  from core.inception import InceptionExtractor, InceptionV3, NUM_FEATURES  # noqa: F401
+  from core.inception import InceptionExtractor, InceptionV3
   net = InceptionV3(with_logits=False)
   x = np.zeros((1, 299, 299, 3), np.float32)
   params = jax.jit(lambda k: net.init(k, x))(jax.random.key(0))["params"]
