@@ -46,6 +46,8 @@ from core.runio import ENV_CACHE
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
 NUM_CLASSES = 1008
+SPATIAL_CHANNELS = 7   # the ADM evaluator keeps mixed_6/conv[..., :7] for sFID
+SPATIAL_FEATURES = 17 * 17 * SPATIAL_CHANNELS
 BN_EPS = 1e-3
 
 ENV_WEIGHTS = "SIMPLEDIFF_INCEPTION"
@@ -122,6 +124,7 @@ class InceptionB(nn.Module):
 class InceptionC(nn.Module):
   channels_7x7: int
   precision: Any = lax.Precision.HIGHEST
+  return_conv: bool = False  # also return the 1x1 branch ("<block>/conv", sFID's mixed_6/conv)
 
   @nn.compact
   def __call__(self, x):
@@ -137,7 +140,8 @@ class InceptionC(nn.Module):
     d = c(n, (7, 1), padding=(3, 0), name="tower_1_conv_3")(d)
     d = c(192, (1, 7), padding=(0, 3), name="tower_1_conv_4")(d)
     p = c(192, (1, 1), name="tower_2_conv")(_avg_pool3(x))
-    return jnp.concatenate([a, b, d, p], axis=-1)
+    y = jnp.concatenate([a, b, d, p], axis=-1)
+    return (y, a) if self.return_conv else y
 
 
 class InceptionD(nn.Module):
@@ -181,11 +185,15 @@ class InceptionE(nn.Module):
 class InceptionV3(nn.Module):
   """FID Inception on preprocessed NHWC input (299x299, values (x - 128) / 128).
 
-  Returns {'pool': (N, 2048)} and, with `with_logits`, {'logits': (N, 1008)}. Submodule names
-  follow the TF graph (and NVIDIA's port): conv..conv_4, mixed..mixed_10, output.
+  Returns {'pool': (N, 2048)}, with `with_logits` also {'logits': (N, 1008)}, and with
+  `with_spatial` also {'spatial': (N, 2023)}: the ADM evaluator's sFID features, its
+  "mixed_6/conv:0" (the ReLU output of mixed_6's 1x1 branch, torchvision's Mixed_6d.branch1x1)
+  cut to its first 7 channels and flattened per image in NHWC order (17 x 17 x 7). Submodule
+  names follow the TF graph (and NVIDIA's port): conv..conv_4, mixed..mixed_10, output.
   """
   with_logits: bool = False
   precision: Any = lax.Precision.HIGHEST
+  with_spatial: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -204,7 +212,10 @@ class InceptionV3(nn.Module):
     x = InceptionB(p, name="mixed_3")(x)
     x = InceptionC(128, p, name="mixed_4")(x)
     x = InceptionC(160, p, name="mixed_5")(x)
-    x = InceptionC(160, p, name="mixed_6")(x)
+    x = InceptionC(160, p, return_conv=self.with_spatial, name="mixed_6")(x)
+    if self.with_spatial:
+      x, conv = x
+      spatial = conv[..., :SPATIAL_CHANNELS].reshape(conv.shape[0], -1)
     x = InceptionC(192, p, name="mixed_7")(x)
     x = InceptionD(p, name="mixed_8")(x)
     x = InceptionE("avg", p, name="mixed_9")(x)
@@ -213,6 +224,8 @@ class InceptionV3(nn.Module):
     out = {"pool": pool}
     if self.with_logits:
       out["logits"] = nn.Dense(NUM_CLASSES, precision=p, name="output")(pool)
+    if self.with_spatial:
+      out["spatial"] = spatial
     return out
 
 
@@ -866,8 +879,8 @@ def load_inception_params(weights=None, *, need_logits: bool = False, cache_dir=
 
 
 @functools.cache
-def _network_fn(with_logits: bool, precision):
-  model = InceptionV3(with_logits=with_logits, precision=precision)
+def _network_fn(with_logits: bool, precision, with_spatial: bool = False):
+  model = InceptionV3(with_logits=with_logits, precision=precision, with_spatial=with_spatial)
   # XLA's default optimisation level (3), even where XLA_FLAGS lowers it to compile faster (the
   # test suite does): this network's run time dominates its compile time.
   return jax.jit(lambda params, x: model.apply({"params": params}, x),
@@ -887,7 +900,8 @@ def default_batch_size(num_devices: int = 1) -> int:
 
 
 class InceptionExtractor:
-  """uint8 NHWC images of any size -> {'pool': (N, 2048)[, 'logits': (N, 1008)]} as numpy.
+  """uint8 NHWC images of any size -> {'pool': (N, 2048)[, 'logits': (N, 1008)][, 'spatial':
+  (N, 2023)]} as numpy; 'spatial' (sFID's features, see InceptionV3) only with `spatial`.
 
   Images are processed in chunks of `batch_size` (default: default_batch_size(); the last one
   padded) so the network compiles once per chunk size; resizing is jitted separately per input
@@ -897,7 +911,7 @@ class InceptionExtractor:
 
   def __init__(self, weights=None, *, need_logits: bool = False, batch_size: int | None = None,
                params=None, precision=lax.Precision.HIGHEST, verbose: bool = False, mesh=None,
-               **load_kw):
+               spatial: bool = False, **load_kw):
     from jax.sharding import NamedSharding, PartitionSpec as P
     from core.devices import make_mesh
     if params is None:
@@ -920,7 +934,8 @@ class InceptionExtractor:
     self._rows = NamedSharding(mesh, P("data"))
     self.params = jax.device_put(jax.tree_util.tree_map(jnp.asarray, params),
                                  NamedSharding(mesh, P()))
-    self._net = _network_fn(self.has_logits, precision)
+    self.has_spatial = bool(spatial)
+    self._net = _network_fn(self.has_logits, precision, self.has_spatial)
 
   def __call__(self, images) -> dict[str, np.ndarray]:
     images = np.asarray(images)
@@ -940,8 +955,9 @@ class InceptionExtractor:
       out = self.apply(_preprocess_fn(jax.device_put(chunk, self._rows)))
       outs.append({k: v[:n] for k, v in out.items()})
     if not outs:
-      keys = ("pool", "logits") if self.has_logits else ("pool",)
-      return {k: np.zeros((0, NUM_FEATURES if k == "pool" else NUM_CLASSES), np.float32) for k in keys}
+      dims = {"pool": NUM_FEATURES, "logits": NUM_CLASSES, "spatial": SPATIAL_FEATURES}
+      keys = ["pool"] + ["logits"] * self.has_logits + ["spatial"] * self.has_spatial
+      return {k: np.zeros((0, dims[k]), np.float32) for k in keys}
     return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
   def apply(self, x) -> dict[str, np.ndarray]:
