@@ -221,3 +221,21 @@ def test_call_errors():
   with pytest.raises(ValueError, match="unconditional"):
     jax.eval_shape(lambda q: build_model(ucfg, 16).apply(
       {"params": q}, z, s, label=jnp.zeros((2,), jnp.int32)), param_shapes(ucfg, 16))
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 8, 8, 16), 4), ((2, 5, 6, 12), 3), ((2, 4, 8), 2)])
+def test_group_norm_equals_flax_reference(shape, groups):
+  # Our GroupNorm is written out for speed; flax's nn.GroupNorm is the reference it must equal.
+  import flax.linen as nn
+  from core.models.layers import GroupNorm
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(1.5, 3.0, shape), jnp.float32)
+  c = shape[-1]
+  params = {"scale": jnp.asarray(rng.normal(1, 0.5, c), jnp.float32),
+            "bias": jnp.asarray(rng.normal(0, 0.5, c), jnp.float32)}
+  ours = GroupNorm(groups).apply({"params": params}, x)
+  ref = nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply({"params": params}, x)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
+  assert ours.dtype == jnp.float32
+  bf = GroupNorm(groups).apply({"params": params}, x.astype(jnp.bfloat16))
+  assert bf.dtype == jnp.float32   # normalisation in float32 whatever the compute dtype
