@@ -253,26 +253,17 @@ def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tup
     return sample_metrics(feats[:n], ref, kid_subsets), n
   # fewer kept features than n (n > REFERENCE_FEATURES_MAX): FID from the full statistics
   kid, kid_std = kid_from_features(feats, ref["features"], subsets=kid_subsets)
-  return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std}, int(other["count"])
-
-
-def train_speed(rows: list[dict]) -> Optional[float]:
-  """Median images/s of the logged intervals, leaving out the first (it holds compilation)."""
-  v = [r["img_per_s"] for r in rows if "img_per_s" in r]
-  v = v[1:] if len(v) > 1 else v
-  return float(np.median(v)) if v else None
+  return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std,
+          "sfid": sfid_from_stats(other, ref)}, int(other["count"])
 
 
 def training_speed(stages) -> Optional[float]:
-  """Training images per second of (TrainResult, train rows) stages; a cascade's stages add up
-  as seconds per image, so that it reads as images (of every stage) per second of training."""
-  speeds = [train_speed(list(rows)) or r.images_per_s or None for r, rows in stages]
-  if len(speeds) == 1:
-    return speeds[0]
-  if not all(speeds):
-    return None
+  """Training images per second of (TrainResult, train rows) stages (core.metrics: the median
+  logged interval; a cascade's stages combined as images per second of all their training)."""
+  from core.metrics import combined_speed, run_speed
+  speeds = [run_speed(list(rows)) or r.images_per_s or None for r, rows in stages]
   imgs = [r.trainer.cfg.train.steps * r.trainer.cfg.train.batch_size for r, _ in stages]
-  return sum(imgs) / sum(i / v for i, v in zip(imgs, speeds))
+  return combined_speed(imgs, speeds)
 
 
 def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[dict] = (),

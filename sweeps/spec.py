@@ -12,17 +12,22 @@ File layout (see ablations/*.yaml):
       - {label: cosine, group: "128", set: {resolution: 128, schedule.name: cosine}}
     grid: {key: [values, ...]}   # optional: the arms are crossed with every grid combination
     grid_label: "{label} {guidance_scale:.2f}"  # optional: row label from the grid values
-    tiers:                       # paper | gpu | cpu | smoke
-      cpu: {scale: 8, set: {...}}
+    tiers:                       # paper | gpu | cpu | smoke; over ablations/_tiers.yaml's
+      cpu: {scale: 8, presets: {unet: unet_tiny}, set: {...}}
 
-Order of application: base, arm (and grid) values, then resolutions divided by the tier's
-`scale` (keys in RES_KEYS that the file set, so a shift ablation keeps its ratios at every
-tier), then the tier's own `set` for keys the arm did not set, then command-line overrides.
-A value written {paper: A, cpu: B, ...} is chosen per tier and taken as already scaled.
+The rule. A key takes its value from the last of four layers that sets it: the file's `base`,
+the tier's `set` (ablations/_tiers.yaml, then the file's own `tiers:`), the arm (its `set` and
+grid values), the command line. So the base is the paper's experiment, the tier shrinks it,
+and the arm's axis is kept at every tier. A value written `!tier {paper: A, cpu: B}` is its
+layer's value at the tiers it names; at the others that layer does not set the key. The plain
+values of the file (base, arm, grid) are the paper's, and the tier adapts them: resolutions
+(RES_KEYS) are divided by its `scale`, and a `model.preset` is swapped for the tier's preset of
+the same architecture (`presets`), which keeps the paper preset's front-end unless a layer sets
+model.frontend. Everything else is taken as written: `!tier` values, the tier's `set`, the
+command line. (seeds: the file's, then the tier's, then seeds=N.)
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import os
@@ -31,8 +36,7 @@ from typing import Any
 
 import yaml
 
-from core.config import (ConfigError, ExperimentConfig, deep_merge, flatten, set_dotted,
-                         to_dict)
+from core.config import ConfigError, ExperimentConfig, flatten, set_dotted, to_dict
 from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
@@ -55,23 +59,55 @@ class RunSpec:
   paper: tuple = ()  # the published rows this run reproduces: ({"table", "group", "arm"}, ...)
 
 
+class PerTier(dict):
+  """A value written `!tier {paper: A, cpu: B}`: its layer's value at each tier it names."""
+
+
+class _Loader(yaml.SafeLoader):
+  """yaml.SafeLoader with the `!tier` tag."""
+
+
+def _per_tier(loader: yaml.SafeLoader, node: yaml.Node) -> PerTier:
+  if not isinstance(node, yaml.MappingNode):
+    raise yaml.constructor.ConstructorError(
+        None, None, "!tier takes a mapping of tier: value, e.g. !tier {paper: unet128, cpu: "
+        "unet_tiny}", node.start_mark)
+  return PerTier(loader.construct_mapping(node, deep=True))
+
+
+_Loader.add_constructor("!tier", _per_tier)
+
+
 def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   out: dict[str, Any] = {}
   for k, v in (flat or {}).items():
-    if isinstance(v, dict) and not _is_tier_choice(v):
-      for kk, vv in _flatten(v).items():
-        set_dotted(out, f"{k}.{kk}", vv)
-    else:
-      set_dotted(out, k, v)
+    set_dotted(out, k, v)
   return out
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  return flatten(d, prefix, leaf=_is_tier_choice)   # a per-tier choice is one value
+  return flatten(d, prefix, leaf=lambda v: isinstance(v, PerTier))   # a !tier value is one value
 
 
-def _is_tier_choice(v: Any) -> bool:
-  return isinstance(v, dict) and bool(v) and set(v) <= set(TIERS)
+def _check_values(flat: dict[str, Any], where: str, per_tier: bool = True) -> None:
+  """!tier values name known tiers (and only where allowed); an untagged {paper: .., cpu: ..}
+  is a value per tier written without its tag."""
+  for k, v in flat.items():
+    if isinstance(v, PerTier):
+      if not per_tier:
+        raise ConfigError(f"{where}: {k}: a tier's set is already per tier; write the value "
+                          "without !tier")
+      bad = sorted(set(map(str, v)) - set(TIERS))
+      if bad or not v:
+        raise ConfigError(f"{where}: {k}: !tier {dict(v)!r} names "
+                          f"{'no tier' if not v else 'the unknown tier ' + repr(bad[0])}; tiers: "
+                          f"{', '.join(TIERS)}")
+  for k in flat:
+    head, _, last = k.rpartition(".")
+    if head and last in TIERS:   # no config key is named after a tier: an untagged !tier
+      names = [t for t in TIERS if f"{head}.{t}" in flat]
+      raise ConfigError(f"{where}: {head}: a value per tier needs its tag: {head}: !tier "
+                        f"{{{', '.join(t + ': ...' for t in names)}}}")
 
 
 def slug(s: str) -> str:
@@ -87,7 +123,7 @@ def load_sweep(path: str) -> dict[str, Any]:
                       "ablations/noise_shift.yaml")
   try:
     with open(path) as f:
-      spec = yaml.safe_load(f)
+      spec = yaml.load(f, Loader=_Loader)
   except yaml.YAMLError as e:
     mark = getattr(e, "problem_mark", None)
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -144,31 +180,47 @@ def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
   return opts, over
 
 
-def _scale_values(flat: dict[str, Any], scale: int, where: str,
-                  skip: set[str] = frozenset()) -> dict[str, Any]:
-  out = dict(flat)
+def _layer(flat: dict[str, Any], tier: str, paper: bool) -> dict[str, tuple[Any, bool]]:
+  """One layer's values at `tier`: key -> (value, whether it is a paper value the tier adapts).
+  A !tier value that omits the tier leaves the key unset."""
+  out = {}
+  for k, v in flat.items():
+    if isinstance(v, PerTier):
+      if tier in v:
+        out[k] = (v[tier], False)
+    else:
+      out[k] = (v, paper)
+  return out
+
+
+def _adapt(layered: dict[str, tuple[Any, bool]], scale: int, presets: dict[str, str],
+           where: str) -> dict[str, Any]:
+  """The paper values adapted to the tier (resolutions / scale, presets swapped), the others as
+  written."""
+  out = {k: v for k, (v, _) in layered.items()}
   for k in RES_KEYS:
-    if k in out and k not in skip and scale != 1:
+    if k in layered and layered[k][1] and scale != 1:
       v = out[k]
       vs = v if isinstance(v, list) else [v]   # cascade.stages is a list of resolutions
       if not all(isinstance(x, int) and x % scale == 0 for x in vs):
         raise ConfigError(f"{where}: {k}={v!r} cannot be divided by the tier scale {scale}")
       out[k] = [x // scale for x in v] if isinstance(v, list) else v // scale
+  name, paper = layered.get("model.preset", ("", True))
+  if presets and paper:
+    from core.config import ModelConfig
+    from core.models.presets import PRESETS
+    if name and name not in PRESETS:
+      raise ConfigError(f"{where}: unknown model.preset {name!r}; choose one of: "
+                        f"{', '.join(PRESETS.names())}")
+    own = PRESETS.get(name)() if name else None
+    arch = own.arch if own else out.get("model.arch", ModelConfig.arch)
+    if arch not in presets:
+      raise ConfigError(f"{where}: the tier's presets name no model for arch {arch!r} "
+                        f"(model.preset {name!r}); add presets: {{{arch}: PRESET}}")
+    out["model.preset"] = presets[arch]
+    if own and "model.frontend" not in out and own.frontend != PRESETS.get(presets[arch])().frontend:
+      out["model.frontend"] = own.frontend   # the tier shrinks the model, not its front-end
   return out
-
-
-def _pick_tier(flat: dict[str, Any], tier: str) -> tuple[dict[str, Any], set[str]]:
-  """Chooses per-tier values; a choice without this tier drops the key (the tier's defaults
-  apply). Returns the values and the keys that were chosen per tier (already scaled)."""
-  out, chosen = {}, set()
-  for k, v in flat.items():
-    if _is_tier_choice(v):
-      if tier in v:
-        out[k] = v[tier]
-        chosen.add(k)
-    else:
-      out[k] = v
-  return out, chosen
 
 
 def _paper_rows(refs, label: str, group: str, where: str) -> tuple:
@@ -185,32 +237,55 @@ def _paper_rows(refs, label: str, group: str, where: str) -> tuple:
   return tuple(out)
 
 
+def _tier_spec(path: str, spec: dict[str, Any], tier: str) -> dict[str, Any]:
+  """The tier's scale, presets, set and seeds: ablations/_tiers.yaml (beside the file), then the
+  file's own `tiers:`, key by key (set: dotted keys, so nested and dotted forms merge alike)."""
+  layers = []
+  defaults_path = os.path.join(os.path.dirname(os.path.abspath(path)), "_tiers.yaml")
+  if os.path.exists(defaults_path):  # tier settings shared by every sweep file beside it
+    with open(defaults_path) as f:
+      layers.append((defaults_path, (yaml.load(f, Loader=_Loader) or {}).get(tier)))
+  layers.append((path, (spec.get("tiers") or {}).get(tier)))
+  out: dict[str, Any] = {"set": {}, "presets": {}}
+  for where, t in layers:
+    t = t or {}
+    if not isinstance(t, dict):
+      raise ConfigError(f"{where}: tiers.{tier} must be a mapping (scale, presets, set, seeds), "
+                        f"got {t!r}")
+    bad = set(t) - {"scale", "presets", "set", "seeds"}
+    if bad:
+      raise ConfigError(f"{where}: tiers.{tier} has unknown key {sorted(bad)[0]!r}; valid: "
+                        "scale, presets, set, seeds")
+    for k in ("set", "presets"):
+      if t.get(k) is not None and not isinstance(t[k], dict):
+        raise ConfigError(f"{where}: tiers.{tier}.{k} must be a mapping, got {t[k]!r}")
+    s = _flatten(t.get("set") or {})
+    _check_values(s, f"{where}: tiers.{tier}.set", per_tier=False)
+    out["set"].update(s)
+    out["presets"].update(t.get("presets") or {})
+    out.update({k: t[k] for k in ("scale", "seeds") if k in t})
+  return out
+
+
 def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = None,
            seeds: int | None = None) -> tuple[dict[str, Any], list[RunSpec]]:
   """The sweep's metadata and its runs, every config resolved and validated."""
   spec = load_sweep(path)
   if tier not in TIERS:
     raise ConfigError(f"tier={tier!r} is not one of {', '.join(TIERS)}")
-  tiers = spec.get("tiers") or {}
-  defaults_path = os.path.join(os.path.dirname(os.path.abspath(path)), "_tiers.yaml")
-  if os.path.exists(defaults_path):  # tier settings shared by every sweep file beside it
-    with open(defaults_path) as f:
-      tiers = deep_merge(yaml.safe_load(f) or {}, tiers)
-  tier_spec = tiers.get(tier, {}) or {}
-  if not isinstance(tier_spec, dict):
-    raise ConfigError(f"{path}: tiers.{tier} must be a mapping (scale, set, seeds), got "
-                      f"{tier_spec!r}")
-  bad = set(tier_spec) - {"scale", "set", "seeds"}
-  if bad:
-    raise ConfigError(f"{path}: tiers.{tier} has unknown key {sorted(bad)[0]!r}; valid: scale, set, seeds")
+  tier_spec = _tier_spec(path, spec, tier)
   scale = int(tier_spec.get("scale", 1))
-  tier_set = _flatten(tier_spec.get("set") or {})
+  presets = tier_spec.get("presets") or {}
+  tier_set = tier_spec.get("set") or {}
   base = _flatten(spec.get("base") or {})
+  _check_values(base, f"{path}: base")
   n_seeds = seeds or int(tier_spec.get("seeds", spec.get("seeds", 1)))
 
   arms = []
-  grid = {k: (v.get(tier, []) if _is_tier_choice(v) else v)
-          for k, v in (spec.get("grid") or {}).items()}
+  grid_file = _flatten(spec.get("grid") or {})
+  _check_values(grid_file, f"{path}: grid")
+  grid = {k: (v.get(tier, []) if isinstance(v, PerTier) else v) for k, v in grid_file.items()}
+  written = {k for k, v in grid_file.items() if isinstance(v, PerTier)}  # !tier: as written
   for k, v in grid.items():
     if not isinstance(v, list):
       raise ConfigError(f"{path}: grid.{k} must be a list of values, got {v!r}")
@@ -226,6 +301,7 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
                         f"{arm['set']!r}")
     for combo in combos:
       vals = _flatten(arm.get("set") or {})
+      _check_values(vals, f"{path}: arms[{i}]")
       label = str(arm["label"])
       fields = {"label": label}
       for k, v in zip(grid.keys(), combo):
@@ -242,14 +318,10 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
   seen = set()
   for label, group, vals, paper in arms:
     where = f"{path}: arm {label!r}"
-    base_t, base_chosen = _pick_tier(base, tier)
-    arm_t, arm_chosen = _pick_tier(vals, tier)
-    flat = _scale_values({**base_t, **arm_t}, scale, where,
-                         skip=(base_chosen - set(arm_t)) | arm_chosen)
-    for k, v in tier_set.items():  # per-tier choices in the file beat the tier's defaults
-      if k not in arm_t and k not in base_chosen:
-        flat[k] = v
-    flat.update(overrides or {})
+    arm_l = {k: (v, p and k not in written) for k, (v, p) in _layer(vals, tier, True).items()}
+    layered = {**_layer(base, tier, paper=True), **_layer(tier_set, tier, paper=False),
+               **arm_l, **_layer(overrides or {}, tier, paper=False)}
+    flat = _adapt(layered, scale, presets, where)
     for seed in range(n_seeds):
       run_id = slug(f"{group}_{label}" if group else label) + f"-s{seed}"
       if run_id in seen:

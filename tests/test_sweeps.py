@@ -12,7 +12,7 @@ import yaml
 
 from core.runio import read_json, read_jsonl, run_state
 from sweeps import run as runner
-from sweeps.spec import TIERS, expand
+from sweeps.spec import TIERS, expand, load_sweep
 
 FILES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "ablations", "[a-z]*.yaml")))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,6 +87,89 @@ def test_small_tiers_scale_resolutions_and_keep_the_axis():
   assert len(runs) == 14 and {r.config.train.seed for r in runs} == {0, 1}
 
 
+# The one rule (sweeps/spec.py): base < the tier's set (_tiers.yaml, then the file's tiers:) <
+# arm < command line; !tier values belong to their layer; the file's plain values are the
+# paper's and the tier adapts them (resolutions / scale, presets by architecture), the rest is
+# taken as written. Each key below is set at a different set of layers.
+RULE_TIERS = """
+cpu:
+  scale: 2
+  presets: {unet: unet_tiny, uvit: uvit_tiny}
+  set:
+    optim: {warmup_steps: 20, ema_decay: 0.5}
+    train: {steps: 20, batch_size: 20, log_every: 20}
+    model: {dropout_max_res: 4}
+"""
+RULE_SWEEP = """
+name: rule
+table: x
+base:
+  resolution: 32
+  schedule: {name: shifted, noise_d: 16}
+  model: {preset: unet_small}
+  data: {source: shapes, size: 32}
+  optim: {lr: 0.1, warmup_steps: 10, ema_decay: !tier {cpu: 0.1}, b2: 0.9}
+  train: {steps: 10, batch_size: 10, log_every: 10, ckpt_every: 10}
+  eval: {fid: false}
+arms:
+  - {label: a, set: {train.steps: 30, train.batch_size: 30, optim.b2: !tier {paper: 0.8}}}
+  - {label: b, set: {schedule.noise_d: !tier {cpu: 4}, model.preset: !tier {cpu: uvit_small}}}
+  - {label: c, set: {model.preset: uvit256}}
+  - {label: d, set: {model.preset: uvit256, model.frontend: "patch:2", model.dropout_max_res: 8}}
+tiers:
+  cpu: {set: {train.log_every: 5}}
+"""
+
+
+def _rule_runs(tmp_path, tier, overrides=None):
+  (tmp_path / "_tiers.yaml").write_text(RULE_TIERS)
+  (tmp_path / "rule.yaml").write_text(RULE_SWEEP)
+  return {r.arm: r.config for r in expand(str(tmp_path / "rule.yaml"), tier, overrides)[1]}
+
+
+def test_the_rule_which_layer_wins(tmp_path):
+  c = _rule_runs(tmp_path, "cpu", {"train.batch_size": 40})
+  a, b = c["a"], c["b"]
+  assert a.optim.lr == 0.1                  # base alone
+  assert a.optim.warmup_steps == 20         # the tier's set beats the base
+  assert a.optim.ema_decay == 0.5           # ... and the base's !tier value (still the base)
+  assert a.train.log_every == 5             # the file's tiers: beats _tiers.yaml
+  assert a.train.steps == 30                # the arm beats the tier's set
+  assert b.train.steps == 20
+  assert a.train.batch_size == 40           # the command line beats the arm
+  assert a.optim.b2 == 0.9                  # an arm's !tier without this tier: the base's value
+  assert _rule_runs(tmp_path, "paper")["a"].optim.b2 == 0.8
+
+
+def test_the_rule_what_the_tier_adapts(tmp_path):
+  c = _rule_runs(tmp_path, "cpu")
+  a, b = c["a"], c["b"]
+  assert (a.resolution, a.schedule.noise_d) == (16, 8)      # paper values / scale
+  assert b.schedule.noise_d == 4                            # !tier: as written
+  assert a.model.dropout_max_res == 4                       # the tier's set: as written
+  assert a.model.preset == "unet_tiny"                      # preset swapped by architecture
+  assert b.model.preset == "uvit_small"                     # !tier: as written
+  assert (c["c"].model.preset, c["c"].model.frontend) == ("uvit_tiny", "dwt:1")  # front-end kept
+  assert (c["d"].model.frontend, c["d"].model.dropout_max_res) == ("patch:2", 4)  # a layer's wins
+  # Command-line values are taken as written: no scaling, no preset swap.
+  o = _rule_runs(tmp_path, "cpu", {"resolution": 32, "model.preset": "unet_small"})["a"]
+  assert (o.resolution, o.model.preset) == (32, "unet_small")
+  p = _rule_runs(tmp_path, "paper")
+  assert (p["a"].resolution, p["a"].model.preset, p["c"].model.preset) == (32, "unet_small", "uvit256")
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("{paper: 0.1, cpu: 0.2}", "optim.lr: !tier {paper: ..., cpu: ...}"),   # untagged: the fix is named
+    ("!tier {paper: 0.1, cpuu: 0.2}", "unknown tier 'cpuu'"),
+    ("!tier 0.1", "!tier takes a mapping")])
+def test_a_value_per_tier_is_tagged(tmp_path, text, msg):
+  from core.config import ConfigError
+  (tmp_path / "rule.yaml").write_text(RULE_SWEEP.replace("lr: 0.1", f"lr: {text}"))
+  with pytest.raises(ConfigError) as e:
+    expand(str(tmp_path / "rule.yaml"), "paper")
+  assert msg in str(e.value) and "\n" not in str(e.value)
+
+
 def _run(argv, capsys=None):
   code = runner.main(argv)
   return code
@@ -111,7 +194,7 @@ def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
   args = [f, "tier=smoke", "--results", res, "--no-progress", f"eval.fid={str(fid).lower()}",
           f"eval.stats_dir={tmp_path / 'stats'}"] + sum([["--only", o] for o in only], [])
   assert runner.main(args) == 0, f
-  name = yaml.safe_load(open(f))["name"]
+  name = load_sweep(f)["name"]
   sweep = read_json(os.path.join(res, f"{name}_smoke", "sweep.json"))
   assert sweep["tier"] == "smoke" and len(sweep["runs"]) == len(runs)
   for rid in only:
