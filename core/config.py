@@ -149,6 +149,7 @@ class TrainConfig:
   num_processes: int = 0
   process_id: int = -1
   progress: bool = True
+  log_to: tuple[str, ...] = ()    # metrics also to tensorboard | wandb (core.metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,15 +295,34 @@ POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
             "train.ckpt_every", "eval.num_samples", "eval.batch_size", "sampler.steps")
 
 
+# Counts that may be zero but not below.
+NON_NEGATIVE = ("data.num_workers", "data.prefetch")
+
+
+def get_dotted(cfg, key: str) -> Any:
+  for part in key.split("."):
+    cfg = getattr(cfg, part)
+  return cfg
+
+
 def check_values(cfg: ExperimentConfig) -> None:
   """Values of the right type that are impossible raise ConfigError, naming the key."""
   for key in POSITIVE:
-    v = cfg
-    for part in key.split("."):
-      v = getattr(v, part)
+    v = get_dotted(cfg, key)
     if v < 1:
       raise ConfigError(f"{key}={v} is impossible: it must be a positive integer (pass {key}=N, "
                         "N >= 1)")
+  for key in NON_NEGATIVE:
+    v = get_dotted(cfg, key)
+    if v < 0:
+      raise ConfigError(f"{key} must be >= 0, got {v}")
+
+
+def check_choice(key: str, value: str, registry) -> None:
+  """`value` names a component of `registry` (core.registry.Registry), else a ConfigError
+  naming the key and the choices."""
+  if value not in registry:
+    raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(registry.names())}")
 
 
 def flatten(d: dict[str, Any], prefix: str = "", leaf=lambda v: False) -> dict[str, Any]:

@@ -9,11 +9,16 @@ import json
 import os
 from typing import Any
 
-from core.config import (ConfigError, ExperimentConfig, check_values, deep_merge, flatten,
-                         from_dict, to_dict)
+from core.config import (ConfigError, ExperimentConfig, check_choice, check_values, deep_merge,
+                         flatten, from_dict, to_dict)
 
 
-def resolve(d: dict[str, Any]) -> ExperimentConfig:
+def resolve(d: dict[str, Any], runnable: bool = False) -> ExperimentConfig:
+  """The boundary where a config is checked: a nested dict -> a validated ExperimentConfig.
+
+  Every check that needs only the config runs here (check_config), so a bad key or value fails
+  when the config is resolved, before any work; runnable=True adds check_runnable (the model
+  builds, the data and the metrics backends are there)."""
   d = dict(d or {})
   model = dict(d.get("model") or {})
   name = model.get("preset")
@@ -28,21 +33,33 @@ def resolve(d: dict[str, Any]) -> ExperimentConfig:
   if model:
     d["model"] = model
   cfg = from_dict(ExperimentConfig, d)
-  check_values(cfg)
-  check_names(cfg)
-  from core.conditioning import validate
-  validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
+  check_config(cfg)
+  if runnable:
+    check_runnable(cfg)
   return cfg
 
 
+def check_config(cfg: ExperimentConfig) -> None:
+  """What the config alone decides: impossible values, unknown component names, cond and
+  cascade against the model, metrics backends by name (each a ConfigError naming the key)."""
+  from core.conditioning import validate
+  from core.metrics import check_backends
+  check_values(cfg)
+  check_names(cfg)
+  validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
+  check_backends(cfg.train.log_to, installed=False)
+
+
 def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
-  """What resolve cannot see, checked before any training: the model builds at this
-  resolution (shapes, divisibility), and (data=True) the data can be had. ConfigError names
-  the key and the fix."""
+  """What the config alone cannot tell, checked before any training: the model builds at this
+  resolution (shapes, divisibility), the train.log_to backends are installed, and (data=True)
+  the data can be had. ConfigError names the key and the fix."""
   import importlib.util
   import os
+  from core.metrics import check_backends
   from core.models import build_model
   build_model(cfg.model, cfg.resolution)
+  check_backends(cfg.train.log_to)
   if not data:
     return
   d = cfg.data
@@ -60,16 +77,15 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
 def check_names(cfg: ExperimentConfig) -> None:
   """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
   typo fails when the config is resolved rather than when training or sampling reaches it."""
-  from core.data import SOURCES
   from core.diffusion import LOSSES
   from core.samplers import SAMPLERS
   from core.schedules import SCHEDULES
+  from core.sources import SOURCES
   for key, value, registry in (("schedule.name", cfg.schedule.name, SCHEDULES),
                                ("loss.name", cfg.loss.name, LOSSES),
                                ("sampler.name", cfg.sampler.name, SAMPLERS),
                                ("data.source", cfg.data.source, SOURCES)):
-    if value not in registry:
-      raise ConfigError(f"unknown {key} {value!r}; choose one of: {', '.join(registry.names())}")
+    check_choice(key, value, registry)
 
 
 # Settings that never change the trained parameters: how a run logs, checkpoints, shows
@@ -78,7 +94,7 @@ def check_names(cfg: ExperimentConfig) -> None:
 NOT_TRAINING = ("name", "sampler.", "eval.", "data.eval_split", "data.num_workers",
                 "data.prefetch", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
                 "train.progress", "train.fsdp", "train.distributed", "train.coordinator_address",
-                "train.num_processes", "train.process_id", "model.preset")
+                "train.num_processes", "train.process_id", "train.log_to", "model.preset")
 # Bump when a default of a training setting changes: keys hold only the settings off their
 # defaults, so a changed default would otherwise give an old key a new meaning.
 KEY_VERSION = 2

@@ -9,9 +9,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Optional
@@ -29,7 +27,8 @@ from core.conditioning import make_task
 from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
-from core.runio import STOP, DirLock, append_jsonl, read_jsonl, write_text_atomic, write_yaml_atomic
+from core.metrics import MetricsWriter, check_backends, images_per_s
+from core.runio import STOP, DirLock, write_yaml_atomic
 from core.schedules import make_schedule
 
 
@@ -45,11 +44,15 @@ class NonFiniteLossError(FloatingPointError):
   pass
 
 
+def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
+  """The learning rate by update count: linear warm-up from 0, then constant (SPEC 2)."""
+  return optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+
+
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  """Adam (beta2 0.99, eps 1e-12), linear warm-up then constant, clipping at 1.0 (SPEC 2)."""
-  lr = optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
+  """Adam (beta2 0.99, eps 1e-12), lr_schedule, clipping at 1.0 (SPEC 2)."""
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-  parts.append(optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
+  parts.append(optax.adam(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
   if cfg.weight_decay:
     parts.append(optax.add_decayed_weights(-cfg.weight_decay * cfg.lr))
   return optax.chain(*parts)
@@ -64,7 +67,9 @@ def ema_decay(cfg: OptimConfig, step):
 
 
 def learning_rate(cfg: OptimConfig, step) -> float:
-  return cfg.lr * min(1.0, float(step) / max(cfg.warmup_steps, 1))
+  """lr_schedule at `step` as a host float (the metrics rows' "lr"), computed in float64."""
+  with jax.enable_x64(True):
+    return float(lr_schedule(cfg)(int(step)))
 
 
 def fsdp_spec(shape, n: int) -> P:
@@ -273,6 +278,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
 
 def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
   is_main = jax.process_index() == 0
+  check_backends(cfg.train.log_to)   # a metrics backend asked for but missing: before any work
   os.makedirs(workdir, exist_ok=True)
   if is_main:
     write_yaml_atomic(os.path.join(workdir, "config.yaml"), to_dict(cfg))
@@ -297,65 +303,56 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
     log(f"resumed from step {int(state.step)}")
   start = int(state.step)
   key = jax.random.fold_in(jax.random.key(tc.seed), 1)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if is_main and os.path.exists(metrics_path):
-    # Rows past the checkpoint belong to steps that are about to run again: drop them so that
-    # each step appears once.
-    rows = read_jsonl(metrics_path)
-    if any(r.get("step", 0) > start for r in rows):
-      write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in rows
-                                              if r.get("step", 0) <= start))
-
-  from tqdm.auto import tqdm
-  bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, unit="step", disable=not (
-      tc.progress and is_main), dynamic_ncols=True)
-  finite = jnp.array(True)
-  t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
-  step = start
-  steps_this_call = 0
-  last_good = start
-  while step < tc.steps:
-    STOP.check()
-    batch = trainer.global_batch(next(it))
-    state, m = trainer.step(state, batch, key)
-    step += 1
-    steps_this_call += 1
-    finite = finite & jnp.isfinite(m["loss"])
-    bar.update(1)
-    boundary = step % tc.log_every == 0 or step == tc.steps
-    ckpt_due = step % tc.ckpt_every == 0 or step == tc.steps or (
-        stop_after is not None and steps_this_call >= stop_after)
-    if boundary or ckpt_due:
-      if not bool(finite):
-        bar.close()
-        kept = (f"the last good checkpoint (step {last_good}) is intact in {workdir}/ckpt"
-                if last_good else "no checkpoint had been written yet")
-        raise NonFiniteLossError(
-            f"loss became {float(m['loss'])} by step {step}; stopped without saving; {kept} "
-            "(a lower optim.lr or optim.grad_clip usually helps)")
-    if boundary:
-      now = time.perf_counter()
-      ips = (step - last_step) * tc.batch_size / max(now - last_t, 1e-9)
-      last_t, last_step = now, step
-      row = {"step": step, **{k: float(v) for k, v in m.items()},
-             "lr": learning_rate(cfg.optim, step), "img_per_s": ips, "time": time.time()}
-      if is_main:
-        append_jsonl(metrics_path, row)
-        if on_log is not None:
-          on_log(row)
-      bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
-    if ckpt_due:
-      save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it),
-                      time_before + time.perf_counter() - t0)
-      last_good = step
-    if stop_after is not None and steps_this_call >= stop_after:
-      break
-  bar.close()
-  mngr.close()
-  elapsed = time.perf_counter() - t0
-  return TrainResult(trainer=trainer, state=state, steps_run=steps_this_call,
-                     images_per_s=steps_this_call * tc.batch_size / max(elapsed, 1e-9),
-                     train_time_s=time_before + elapsed)
+  # one writer of metrics.jsonl (and of train.log_to's backends, closed however this ends)
+  with MetricsWriter(workdir, cfg, is_main=is_main, resume_step=start,
+                     on_row=on_log) as metrics:
+    from tqdm.auto import tqdm
+    bar = tqdm(total=tc.steps, initial=start, desc=cfg.name, unit="step", disable=not (
+        tc.progress and is_main), dynamic_ncols=True)
+    finite = jnp.array(True)
+    t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
+    step = start
+    steps_this_call = 0
+    last_good = start
+    while step < tc.steps:
+      STOP.check()
+      batch = trainer.global_batch(next(it))
+      state, m = trainer.step(state, batch, key)
+      step += 1
+      steps_this_call += 1
+      finite = finite & jnp.isfinite(m["loss"])
+      bar.update(1)
+      boundary = step % tc.log_every == 0 or step == tc.steps
+      ckpt_due = step % tc.ckpt_every == 0 or step == tc.steps or (
+          stop_after is not None and steps_this_call >= stop_after)
+      if boundary or ckpt_due:
+        if not bool(finite):
+          bar.close()
+          kept = (f"the last good checkpoint (step {last_good}) is intact in {workdir}/ckpt"
+                  if last_good else "no checkpoint had been written yet")
+          raise NonFiniteLossError(
+              f"loss became {float(m['loss'])} by step {step}; stopped without saving; {kept} "
+              "(a lower optim.lr or optim.grad_clip usually helps)")
+      if boundary:
+        now = time.perf_counter()
+        ips = images_per_s((step - last_step) * tc.batch_size, now - last_t)
+        last_t, last_step = now, step
+        row = {"step": step, **{k: float(v) for k, v in m.items()},
+               "lr": learning_rate(cfg.optim, step), "img_per_s": ips, "time": time.time()}
+        metrics.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
+      if ckpt_due:
+        save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it),
+                        time_before + time.perf_counter() - t0)
+        last_good = step
+      if stop_after is not None and steps_this_call >= stop_after:
+        break
+    bar.close()
+    mngr.close()
+    elapsed = time.perf_counter() - t0
+    return TrainResult(trainer=trainer, state=state, steps_run=steps_this_call,
+                       images_per_s=images_per_s(steps_this_call * tc.batch_size, elapsed),
+                       train_time_s=time_before + elapsed)
 
 
 def main(argv=None) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import data
+from core import data, sources
 from core.fid import subset
 from core.config import ConfigError, DataConfig
 from core.shapes import KINDS, ShapesSource
@@ -145,15 +145,15 @@ def test_folder_corrupt_file(folder):
 
 def test_folder_listing_cache(folder, tmp_path, monkeypatch):
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setattr(data, "_CACHE_MIN_FILES", 0)
+  monkeypatch.setattr(sources, "_CACHE_MIN_FILES", 0)
   cfg = DataConfig(source="folder", path=str(folder))
   n = len(data.make_source(cfg, 16, "train"))
   assert len(os.listdir(tmp_path / "cache" / "filelists")) == 1
-  data._LISTINGS.clear()
-  scan = data._scan
-  monkeypatch.setattr(data, "_scan", None)            # must come from the disk cache
+  sources._LISTINGS.clear()
+  scan = sources._scan
+  monkeypatch.setattr(sources, "_scan", None)            # must come from the disk cache
   assert len(data.make_source(cfg, 16, "train")) == n
-  monkeypatch.setattr(data, "_scan", scan)
+  monkeypatch.setattr(sources, "_scan", scan)
   _write(str(folder / "train" / "cat" / "new.png"), np.zeros((8, 8, 3), np.uint8), "PNG")
   assert len(data.make_source(cfg, 16, "train")) == n + 1   # a new file invalidates both
 
@@ -394,5 +394,5 @@ def test_reference_cache_key_names_the_data_not_the_folder_name(tmp_path, monkey
   # a file rewritten with other content (and size) is other data
   before = key(a)
   _write(str(a / "train" / "0.png"), np.zeros((8, 8, 3), np.uint8), "PNG")
-  data._LISTINGS.clear()
+  sources._LISTINGS.clear()
   assert key(a) != before
