@@ -26,7 +26,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import scipy.special
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+from core.images import IMAGE_EXTS as IMAGE_EXTENSIONS  # the one list, shared with core.sources
 
 
 # ----------------------------------------------------------------------------------------------

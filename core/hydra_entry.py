@@ -17,12 +17,6 @@ def _fail(msg: str) -> NoReturn:
   sys.exit(2)
 
 
-def _check(cfg: ExperimentConfig) -> None:
-  """What resolve cannot see: the model builds at this resolution and the data is there."""
-  from core.experiment import check_runnable
-  check_runnable(cfg)
-
-
 def precheck(argv: list[str]) -> None:
   """The overrides as Hydra will read them, checked first: Hydra's own errors take several
   lines (and exit 1), and by the time the job sees the values it has written its log file."""
@@ -58,7 +52,7 @@ def precheck(argv: list[str]) -> None:
     except ConfigError as e:
       _fail(str(e))
   try:
-    _check(resolve(d))
+    resolve(d, runnable=True)   # the config, the model, the data and the backends
   except (ConfigError, KeyError, ValueError) as e:
     _fail(e.args[0] if e.args else str(e))
 
@@ -90,8 +84,7 @@ def run_hydra(fn: Callable, argv=None) -> None:
     d.setdefault("name", full["name"])
     workdir = full["workdir"]
     try:
-      cfg = resolve(d)   # again: a value Hydra interpolated was not known to precheck
-      _check(cfg)
+      cfg = resolve(d, runnable=True)   # again: precheck did not know interpolated values
     except (ConfigError, KeyError, ValueError) as e:
       _fail(e.args[0] if e.args else str(e))
     from core.runio import LockHeld

@@ -52,6 +52,13 @@ def combined_speed(images: Sequence[float], speeds: Sequence[Optional[float]]) -
 
 # --- the writer --------------------------------------------------------------------------
 
+def _importable(module: str) -> bool:
+  import sys
+  if module in sys.modules:     # already imported (or a stand-in); None: import blocked
+    return sys.modules[module] is not None
+  return importlib.util.find_spec(module) is not None
+
+
 def check_backends(names: Sequence[str], installed: bool = True) -> None:
   """Each train.log_to backend is known (and, with `installed`, importable), else one
   ConfigError line."""
@@ -60,7 +67,7 @@ def check_backends(names: Sequence[str], installed: bool = True) -> None:
       raise ConfigError(f"train.log_to: unknown backend {name!r}; choose from "
                         f"{', '.join(BACKENDS)} (or leave it empty: metrics.jsonl only)")
     module, package = BACKENDS[name]
-    if installed and importlib.util.find_spec(module) is None:
+    if installed and not _importable(module):
       raise ConfigError(f"train.log_to={name} needs the package {package}, which is not "
                         f"installed: pip install {package}, or drop {name} from train.log_to")
 

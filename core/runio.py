@@ -219,6 +219,14 @@ class DirLock:
     return False
 
 
+def run_done(run_dir: str) -> bool:
+  """Whether a run is finished: status.json says "done" and its eval.json is readable (the
+  runner writes eval.json, then "done"). Finished runs are skipped when a sweep runs again."""
+  st = read_json(os.path.join(run_dir, "status.json"))
+  return (isinstance(st, dict) and st.get("state") == "done"
+          and isinstance(read_json(os.path.join(run_dir, "eval.json")), dict))
+
+
 def run_state(status: Any) -> str:
   """status.json's state, except that a "running" run whose process on this host is gone reads
   "killed" (SIGKILL and the OOM killer leave no chance to write "failed"). A reused pid can

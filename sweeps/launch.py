@@ -58,7 +58,7 @@ def launch(name: str, launcher_args: list[str], sdir: str, file: str, overrides:
 
 def run_job(job: str, train_key: str) -> int:
   """One Hydra job: the unfinished runs of one trained model; returns how many failed."""
-  from sweeps.run import run_all
+  from sweeps.execute import run_all
   from sweeps.spec import expand, parse_overrides
   spec = read_json(job)
   if spec is None:

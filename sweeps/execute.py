@@ -1,0 +1,150 @@
+"""Executing a sweep's runs: train (or resume), evaluate and record each one in its run folder.
+
+Shared by the in-process runner (sweeps.run) and the Hydra launcher's jobs (sweeps.launch),
+neither of which imports the other for it. A run is owned by one process while it runs
+(core.runio.DirLock); runs that share a trained model train it once, in
+<results>/_models/<key> (core.experiment.model_dir).
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+
+from core.config import replace, to_dict
+from core.experiment import model_dir as shared_model_dir
+from core.runio import (STOP, DirLock, LockHeld, owner, read_jsonl, run_done,
+                        write_json_atomic, write_yaml_atomic)
+from sweeps.spec import RunSpec
+
+
+def sweep_dir(results: str, meta: dict) -> str:
+  return os.path.join(results, f"{meta['sweep']}_{meta['tier']}")
+
+
+def set_status(run_dir: str, state: str, **extra) -> None:
+  write_json_atomic(os.path.join(run_dir, "status.json"),
+                    {"state": state, "updated": time.time(), **extra})
+
+
+def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
+  """Trains (or resumes) and evaluates one run; returns its eval figures.
+
+  A cascade (cascade.stages) trains each stage as an ordinary run of its own config, then
+  samples through the stages; metrics.jsonl is the last stage's, metrics_stage<i>.jsonl the
+  lower ones'.
+  """
+  import jax
+  from core.cdm import stage_configs
+  from core.evaluate import evaluate_run
+  from core.train import _maybe_init_distributed, train
+  _maybe_init_distributed(r.config)   # first, so that only process 0 writes the run folder
+  is_main = jax.process_index() == 0
+  status = set_status if is_main else (lambda *a, **k: None)
+  run_dir = os.path.join(sdir, r.run_id)
+  os.makedirs(run_dir, exist_ok=True)
+  if is_main:
+    write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
+  configs, stages = stage_configs(r.config), []
+  total, who = sum(c.train.steps for c in configs), owner()
+  status(run_dir, "running", step=0, steps=total, **who)
+  # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
+  done_before = 0
+  for i, c in enumerate(configs):
+    model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
+    if not progress:   # --no-progress: the training bar too (train.progress is not in the key)
+      c = replace(c, **{"train.progress": False})
+    # status.json follows training (step counted over all stages of a cascade)
+    on_log = lambda row, b=done_before: status(run_dir, "running", step=b + int(row["step"]),
+                                               steps=total, **who)
+    # Another process training the same model (a concurrent sweep sharing it): wait for it,
+    # then resume from what it wrote, which is then finished.
+    result = train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
+    done_before += c.train.steps
+    name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
+    if is_main:
+      shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
+    stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
+  (result, rows), lower = stages[-1], stages[:-1]
+  status(run_dir, "running", step=total, steps=total, phase="evaluating", **who)
+  figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
+                         lower=lower)
+  if is_main:
+    write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
+  status(run_dir, "done", step=int(result.state.step))
+  return figures
+
+
+def is_done(sdir: str, r: RunSpec) -> bool:
+  return run_done(os.path.join(sdir, r.run_id))
+
+
+def _owned(rd: str, distributed: bool):
+  """The run folder's lock (runio.DirLock); a pod-slice run is owned by its launch instead."""
+  import contextlib
+  return contextlib.nullcontext() if distributed else DirLock(rd)
+
+
+def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
+  """Runs (or skips, when finished) each run in order; returns the number that failed.
+
+  Each run is owned by one process while it runs: a run that another live process holds (the
+  same command started twice, two sweeps on one results folder) is skipped, never written
+  beside it."""
+  failed, busy = 0, []
+  for i, r in enumerate(runs):
+    STOP.check()
+    rd = os.path.join(sdir, r.run_id)
+    if is_done(sdir, r):
+      print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
+      continue
+    try:
+      lock = _owned(rd, r.config.train.distributed)
+      lock.__enter__()
+    except LockHeld as e:
+      print(f"[{i + 1}/{len(runs)}] {r.run_id}: in use by pid {e.holder.get('pid')} on "
+            f"{e.holder.get('host')}, skipped", flush=True)
+      busy.append(r.run_id)
+      continue
+    except OSError:
+      lock = None   # the folder cannot be made (a file, read-only): run_one reports it
+    try:
+      if is_done(sdir, r):   # finished by the other process while we waited for the lock
+        print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
+        continue
+      print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)",
+            flush=True)
+      failed += _run_recorded(r, sdir, rd, progress)
+    finally:
+      if lock is not None:
+        lock.__exit__(None, None, None)
+  if busy:
+    print(f"{len(busy)} runs were in use by another process and skipped ({', '.join(busy)}); "
+          "rerun this command when it has finished to complete the sweep", file=sys.stderr)
+  return failed
+
+
+def _run_recorded(r: RunSpec, sdir: str, rd: str, progress: bool) -> int:
+  """run_one, with a failure recorded in the run folder; returns 1 if it failed."""
+  failed = 0
+  try:
+    run_one(r, sdir, progress=progress)
+  except KeyboardInterrupt:
+    set_status(rd, "failed", error="interrupted")
+    raise
+  except Exception as e:  # recorded; the sweep goes on
+    failed += 1
+    err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    try:
+      os.makedirs(rd, exist_ok=True)
+      with open(os.path.join(rd, "error.log"), "w") as f:
+        f.write(traceback.format_exc())
+      set_status(rd, "failed", error=err)
+      print(f"  failed: {err} (traceback in {rd}/error.log)", file=sys.stderr)
+    except OSError as e2:  # the run's folder itself is the problem (a file, read-only)
+      print(f"  failed: {err}; could not record it in {rd} ({type(e2).__name__}: {e2})",
+            file=sys.stderr)
+  return failed
