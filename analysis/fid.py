@@ -5,7 +5,9 @@
   python -m analysis.fid PATH_A --is
 
 A path is an image folder (recursive, jpg/png), an .npz of uint8 NHWC images (key 'images' or
-'arr_0'), or a statistics .npz (mu, sigma[, count]). Prints `FID: x`; with --kid then
+'arr_0'), or a statistics .npz (mu, sigma[, count][, mu_s, sigma_s]; an ADM evaluator reference
+batch is one). Prints `FID: x`, then `sFID: x` (the ADM evaluator's spatial FID) where both
+sides have spatial statistics or images (--save-stats keeps them); with --kid then
 `KID: mean ± std` (core.fid.kid_from_features over the pool_3 features, unscaled; needs images
 on both sides, since a statistics .npz holds no features); with --is `IS: mean +- std` of PATH_A
 (10 splits; needs weights with logits). Exit code 2 on bad input.
@@ -56,6 +58,13 @@ def _check_stats(path, stats: dict) -> str | None:
             f"{sigma.shape}; save them with --save-stats")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
     return f"{path}: the statistics hold NaN or infinite values; compute them again (--save-stats)"
+  if "mu_s" in stats:
+    mu_s, sigma_s = np.asarray(stats["mu_s"]), np.asarray(stats["sigma_s"])
+    if mu_s.ndim != 1 or sigma_s.shape != (len(mu_s), len(mu_s)):
+      return (f"{path}: spatial statistics need mu_s of shape (D,) and sigma_s (D, D), got "
+              f"{mu_s.shape} and {sigma_s.shape}; save them with --save-stats")
+    if not (np.isfinite(mu_s).all() and np.isfinite(sigma_s).all()):
+      return f"{path}: mu_s or sigma_s hold NaN or infinite values; compute them again (--save-stats)"
   return None
 
 
@@ -117,7 +126,8 @@ def main(argv=None) -> int:
     from core.inception import InceptionExtractor, InceptionWeightsNotFound, load_inception_params
     try:
       extractor = InceptionExtractor(args.weights, need_logits=args.inception_score,
-                                     batch_size=args.batch_size, verbose=not args.quiet)
+                                     batch_size=args.batch_size, verbose=not args.quiet,
+                                     spatial=True)
     except InceptionWeightsNotFound as e:
       if args.inception_score:
         try:  # weights exist but lack the 1008-way head: say that in one line
@@ -129,7 +139,7 @@ def main(argv=None) -> int:
                      "with --weights (or SIMPLEDIFF_INCEPTION)")
       return _fail(str(e))
 
-  stats, logits, pools = [], None, []
+  stats, logits, pools, spatials = [], None, [], [None, None]
   for i, src in enumerate(sources):
     if src is None:
       stats.append(None)
@@ -141,7 +151,8 @@ def main(argv=None) -> int:
     try:
       feats = F.source_features(src, extractor, batch_size=args.batch_size or LOAD_BATCH,
                                 num=args.num,
-                                logits=args.inception_score and i == 0, progress=not args.quiet)
+                                logits=args.inception_score and i == 0, spatial=True,
+                                progress=not args.quiet)
     except (OSError, ValueError) as e:  # an unreadable image, say
       bad = _bad_image(src.files) if src.files is not None else None
       if bad is not None:
@@ -152,8 +163,9 @@ def main(argv=None) -> int:
     print(f"{src.path}: {n} images, {n / dt:.1f} images/s", file=sys.stderr)
     if n < 2:
       return _fail(f"{src.path}: FID needs at least 2 images, got {n}")
-    stats.append(F.compute_stats(feats["pool"]))
+    stats.append(F.compute_stats(feats["pool"], feats["spatial"]))
     pools.append(feats["pool"])
+    spatials[i] = feats["spatial"]
     if "logits" in feats:
       logits = feats["logits"]
 
@@ -161,12 +173,29 @@ def main(argv=None) -> int:
     return _fail(f"{args.path_a} has features of dimension {len(stats[0]['mu'])} and "
                  f"{args.path_b} of {len(stats[1]['mu'])}; pass statistics of this network")
 
+  sa, sb = (None if st is None else F.spatial_stats(st) for st in stats)
+  if sa is not None and sb is not None and len(sa["mu"]) != len(sb["mu"]):
+    return _fail(f"{args.path_a} has spatial statistics of dimension {len(sa['mu'])} and "
+                 f"{args.path_b} of {len(sb['mu'])}; pass statistics of this network")
+
   for st, out in ((stats[0], args.save_stats), (stats[1], args.save_stats_b)):
     if out is not None:
       F.save_stats(out, st)
       print(f"saved statistics to {out}", file=sys.stderr)
   if stats[1] is not None:
     print(f"FID: {F.fid_from_stats(stats[0], stats[1]):.4f}")
+    # sFID from one side's features where there are some: the low-rank route, fast with fewer
+    # images than the 2023 dimensions (same value to ~1e-7 relative)
+    if spatials[0] is not None or spatials[1] is not None:
+      j = 0 if spatials[0] is not None else 1
+      sfid = F.sfid_features_vs_stats(spatials[j], stats[1 - j])
+    else:
+      sfid = F.sfid_from_stats(stats[0], stats[1])
+    if sfid is not None:
+      print(f"sFID: {sfid:.4f}")
+    elif not args.quiet:
+      lacking = args.path_a if sa is None else args.path_b
+      print(f"no sFID: {lacking} holds no spatial statistics (mu_s, sigma_s)", file=sys.stderr)
   if args.kid:
     mean, std = F.kid_from_features(pools[0], pools[1], subsets=args.kid_subsets,
                                     subset_size=args.kid_subset_size)

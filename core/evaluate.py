@@ -191,12 +191,14 @@ def save_grid(images: np.ndarray, path: str) -> None:
 _EXTRACTORS: dict = {}
 
 
-def inception_extractor(weights: str = "", need_logits: bool = False):
-  """One extractor per weights source and process, so the network compiles once."""
+def inception_extractor(weights: str = "", need_logits: bool = False, spatial: bool = True):
+  """One extractor per weights source and process, so the network compiles once; with the
+  spatial features for sFID by default (its pool_3 output is the same either way)."""
   from core.inception import InceptionExtractor
-  key = (weights or "", need_logits)
+  key = (weights or "", need_logits, spatial)
   if key not in _EXTRACTORS:
-    _EXTRACTORS[key] = InceptionExtractor(weights or None, need_logits=need_logits)
+    _EXTRACTORS[key] = InceptionExtractor(weights or None, need_logits=need_logits,
+                                          spatial=spatial)
   return _EXTRACTORS[key]
 
 
@@ -217,7 +219,8 @@ def data_name(cfg: ExperimentConfig, split: str) -> str:
 
 
 def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bool) -> dict:
-  """mu, sigma, count and 'features' (up to core.fid.REFERENCE_FEATURES_MAX) of a split."""
+  """mu, sigma, count and 'features' (up to core.fid.REFERENCE_FEATURES_MAX) of a split; with
+  an extractor of spatial features also sFID's mu_s, sigma_s and 'features_s'."""
   from core import data as data_lib
   from core.fid import reference_stats
   num = reference_num(cfg, split)
@@ -226,31 +229,37 @@ def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bo
       data_name(cfg, split),
       lambda: data_lib.iterate_uint8(cfg.data, cfg.resolution, split, num, bs),
       cfg.eval.stats_dir or None, split=split, resolution=cfg.resolution, num=num,
-      extractor=extractor, total=num, progress=progress)
+      extractor=extractor, total=num, progress=progress,
+      spatial=bool(getattr(extractor, "has_spatial", False)))
 
 
-def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100) -> dict:
-  """FID, KID (mean, std over subsets) and precision/recall (Kynkaanniemi et al. 2019, k = 3)
-  of features against a reference split's figures. KID and precision/recall use the split's
-  kept features (up to core.fid.REFERENCE_FEATURES_MAX); precision/recall are None where
-  either set has no more than k rows (no k-th neighbour)."""
-  from core.fid import fid_features_vs_stats, kid_from_features, precision_recall
+def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100,
+                   spatial: Optional[np.ndarray] = None) -> dict:
+  """FID, KID (mean, std over subsets), precision/recall (Kynkaanniemi et al. 2019, k = 3)
+  and sFID of features against a reference split's figures. KID and precision/recall use the
+  split's kept features (up to core.fid.REFERENCE_FEATURES_MAX); precision/recall are None
+  where either set has no more than k rows (no k-th neighbour); sFID (from `spatial`, the
+  same samples' spatial features) is None without them or without the split's mu_s."""
+  from core.fid import (fid_features_vs_stats, kid_from_features, precision_recall,
+                        sfid_features_vs_stats)
   kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)
   precision = recall = None
   if min(len(features), len(ref["features"])) > 3:
     precision, recall = precision_recall(ref["features"], features, k=3)
+  sfid = None if spatial is None else sfid_features_vs_stats(spatial, ref)
   return {"fid": fid_features_vs_stats(features, ref), "kid": kid, "kid_std": kid_std,
-          "precision": precision, "recall": recall}
+          "precision": precision, "recall": recall, "sfid": sfid}
 
 
 def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tuple[dict, int]:
   """What a perfect model scores against `ref` at n samples: n real images of the other split
   (independent of ref's images), measured like samples. Uses the other split's kept features,
   or its full statistics where it has exactly n images; returns (metrics, images used)."""
-  from core.fid import fid_from_stats, kid_from_features
+  from core.fid import fid_from_stats, kid_from_features, sfid_from_stats
   feats = other["features"]
   if len(feats) >= n:
-    return sample_metrics(feats[:n], ref, kid_subsets), n
+    spatial = other["features_s"][:n] if "features_s" in other else None
+    return sample_metrics(feats[:n], ref, kid_subsets, spatial=spatial), n
   # fewer kept features than n (n > REFERENCE_FEATURES_MAX): FID from the full statistics
   kid, kid_std = kid_from_features(feats, ref["features"], subsets=kid_subsets)
   return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std,
@@ -289,6 +298,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
          "num_samples": n, "fid_train": None, "fid_eval": None, "kid_train": None,
          "kid_eval": None, "precision_train": None, "recall_train": None,
          "precision_eval": None, "recall_eval": None, "is_mean": None, "is_std": None,
+         "sfid_train": None, "sfid_eval": None,
          # how the samples were drawn (issue 13: evaluation records say so)
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
                      "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
@@ -301,7 +311,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     out["stages"] = [r.trainer.cfg.resolution for r, _ in stages]
   ext = inception_extractor(ev.inception_weights) if ev.fid else None
   want_logits = bool(ev.fid and ev.compute_is and ext.has_logits)
-  grid, feats, logits, rows = [], [], [], []
+  grid, feats, logits, rows, spatial = [], [], [], [], []
   # Each process draws its share of every batch (the sampler's mesh spans every process) and
   # extracts the features of the images it holds; the features are then gathered, so that
   # every statistic is computed from all samples, as on one device.
@@ -314,6 +324,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     if ext is not None:
       o = ext(imgs)
       feats.append(o["pool"])
+      spatial.append(o["spatial"])
       if want_logits:
         logits.append(o["logits"])
   if jax.process_index() == 0:
@@ -321,19 +332,22 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
   if ext is not None:
     rows = np.concatenate(rows)
     feats = gather_rows(np.concatenate(feats), rows)
+    spatial = gather_rows(np.concatenate(spatial), rows)
     if want_logits:
       logits = [gather_rows(np.concatenate(logits), rows)]
     refs = {name: reference_figures(cfg, split, ext, progress)
             for name, split in (("train", cfg.data.split), ("eval", cfg.data.eval_split))}
     floor = {"resolution": cfg.resolution}
     for name, other in (("train", "eval"), ("eval", "train")):
-      m = sample_metrics(feats, refs[name])
+      m = sample_metrics(feats, refs[name], spatial=spatial)
       out[f"fid_{name}"], out[f"kid_{name}"], out[f"kid_{name}_std"] = \
           m["fid"], m["kid"], m["kid_std"]
+      out[f"sfid_{name}"] = m["sfid"]
       out[f"precision_{name}"], out[f"recall_{name}"] = m["precision"], m["recall"]
       fm, floor["num"] = floor_metrics(len(feats), refs[name], refs[other])
       floor[f"fid_{name}"], floor[f"kid_{name}"], floor[f"kid_{name}_std"] = \
           fm["fid"], fm["kid"], fm["kid_std"]
+      floor[f"sfid_{name}"] = fm["sfid"]
       # real images' own precision/recall at this n: what "perfect" reads as (below 1)
       floor[f"precision_{name}"], floor[f"recall_{name}"] = fm.get("precision"), fm.get("recall")
     out["floor"] = floor

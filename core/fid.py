@@ -10,7 +10,10 @@
 * KID: unbiased MMD^2 under the cubic kernel (x.y/d + 1)^3 over random subsets of the pool_3
   features, mean +- std over subsets, as torch-fidelity's kid_features_to_metric (float64);
 * precision and recall: Kynkaanniemi et al. 2019 with k = 3 over the pool_3 features, as
-  torch-fidelity's prc_features_to_metric and the ADM evaluator (float64, in blocks).
+  torch-fidelity's prc_features_to_metric and the ADM evaluator (float64, in blocks);
+* sFID: the same Frechet distance over the ADM evaluator's spatial features (mixed_6/conv, its
+  first 7 channels, 17 x 17 x 7 = 2023 per image; core/inception.py), whose statistics are
+  stored as mu_s, sigma_s beside mu, sigma, as in the ADM reference batches.
 """
 
 from __future__ import annotations
@@ -33,12 +36,27 @@ from core.images import IMAGE_EXTS as IMAGE_EXTENSIONS  # the one list, shared w
 # Statistics and metrics
 
 
-def compute_stats(features) -> dict:
-  """mu, sigma (unbiased, like np.cov and TF-GAN) in float64, and the number of samples."""
+def compute_stats(features, spatial=None) -> dict:
+  """mu, sigma (unbiased, like np.cov and TF-GAN) in float64, and the number of samples; with
+  `spatial` (sFID's features of the same images) also their mu_s, sigma_s."""
   f = np.asarray(features, np.float64)
   if f.ndim != 2 or len(f) < 2:
     raise ValueError(f"need at least 2 feature vectors of shape (N, D), got {f.shape}")
-  return {"mu": f.mean(axis=0), "sigma": np.cov(f, rowvar=False), "count": len(f)}
+  out = {"mu": f.mean(axis=0), "sigma": np.cov(f, rowvar=False), "count": len(f)}
+  if spatial is not None:
+    s = compute_stats(spatial)
+    if s["count"] != len(f):
+      raise ValueError(f"{s['count']} spatial feature vectors for {len(f)} pool features")
+    out.update(mu_s=s["mu"], sigma_s=s["sigma"])
+  return out
+
+
+def spatial_stats(stats: dict) -> dict | None:
+  """The sFID part (mu_s, sigma_s) of statistics as plain {'mu', 'sigma'}, or None without it
+  (statistics saved before sFID, or from pool_3 features alone)."""
+  if "mu_s" not in stats:
+    return None
+  return {"mu": stats["mu_s"], "sigma": stats["sigma_s"], "count": stats.get("count", -1)}
 
 
 def _sqrt_psd(sigma):
@@ -102,6 +120,20 @@ def fid_features_vs_stats(features, ref: dict) -> float:
   diff = mu - np.asarray(ref["mu"], np.float64)
   return float(diff @ diff + np.sum(a * a) + np.trace(sigma2)
                - 2.0 * np.sqrt(np.maximum(ev, 0.0)).sum())
+
+
+def sfid_from_stats(a: dict, b: dict) -> float | None:
+  """sFID (the ADM evaluator's FIDStatistics.frechet_distance of the spatial statistics); None
+  where either side has no spatial statistics."""
+  sa, sb = spatial_stats(a), spatial_stats(b)
+  return None if sa is None or sb is None else fid_from_stats(sa, sb)
+
+
+def sfid_features_vs_stats(spatial, ref: dict) -> float | None:
+  """sFID of spatial features against statistics (fid_features_vs_stats, so n < 2023 samples
+  take the low-rank route); None where ref has no spatial statistics."""
+  s = spatial_stats(ref)
+  return None if s is None else fid_features_vs_stats(spatial, s)
 
 
 def poly_kernel(x, y) -> np.ndarray:
@@ -304,9 +336,10 @@ def _prefetch(it: Iterable, depth: int = 2) -> Iterator:
 
 
 def extract_features(batches: Iterable, extractor, *, total: int | None = None,
-                     num: int | None = None, logits: bool = False, desc: str = "Inception",
-                     progress: bool = True) -> dict[str, np.ndarray]:
-  """Runs uint8 NHWC batches through the extractor; returns {'pool'[, 'logits']} for all images.
+                     num: int | None = None, logits: bool = False, spatial: bool = False,
+                     desc: str = "Inception", progress: bool = True) -> dict[str, np.ndarray]:
+  """Runs uint8 NHWC batches through the extractor; returns {'pool'[, 'logits'][, 'spatial']}
+  for all images ('spatial': sFID's features, from an extractor made with spatial=True).
 
   `num` stops after that many images; `total` (or num) sizes the progress bar (images and ETA).
   """
@@ -314,9 +347,11 @@ def extract_features(batches: Iterable, extractor, *, total: int | None = None,
   if total is not None and num is not None:
     total = min(total, num)
   total = total if total is not None else num
-  keep = ("pool", "logits") if logits else ("pool",)
+  keep = ("pool",) + ("logits",) * logits + ("spatial",) * spatial
   if logits and not getattr(extractor, "has_logits", True):
     raise ValueError("these Inception weights have no logits, so IS cannot be computed")
+  if spatial and not getattr(extractor, "has_spatial", False):
+    raise ValueError("sFID needs an extractor made with spatial=True (InceptionExtractor)")
   outs = {k: [] for k in keep}
   seen = 0
   with tqdm(total=total, unit="img", desc=desc, disable=not progress, file=sys.stderr,
@@ -392,28 +427,60 @@ def _as_uint8_nhwc(images, where: str) -> np.ndarray:
   return images
 
 
+def _npz_rows(path, key: str) -> int:
+  """Rows of one array of an .npz, read from its header: an ADM reference batch's images
+  (arr_0, ~2 GB at 256px) are not loaded to count them."""
+  import zipfile
+  with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+    version = np.lib.format.read_magic(f)
+    read = {(1, 0): np.lib.format.read_array_header_1_0,
+            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read is None:   # a newer header version: load the array after all
+      with np.load(path) as z:
+        return len(z[key])
+    shape = read(f)[0]
+  return int(shape[0]) if shape else -1
+
+
 def load_npz(path) -> dict:
-  """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of stats -> {'mu','sigma','count'}."""
+  """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of stats -> {'mu',
+  'sigma', 'count'[, 'mu_s', 'sigma_s']}. An ADM evaluator reference batch (arr_0, mu, sigma,
+  mu_s, sigma_s) is statistics, its count the number of images in arr_0."""
   path = Path(path)
   with np.load(path) as z:
-    if "mu" in z.files and "sigma" in z.files:
-      count = int(z["count"]) if "count" in z.files else -1
+    keys = set(z.files)
+    for a, b, what in (("mu", "sigma", "FID"), ("mu_s", "sigma_s", "sFID")):
+      if (a in keys) != (b in keys):
+        have, miss = (a, b) if a in keys else (b, a)
+        raise ValueError(f"{path}: has '{have}' but no '{miss}'; {what} statistics need both "
+                         "(an ADM reference batch holds mu, sigma, mu_s, sigma_s)")
+    if "mu_s" in keys and "mu" not in keys:
+      raise ValueError(f"{path}: has sFID statistics (mu_s, sigma_s) but no 'mu' and 'sigma'")
+    if "mu" in keys:
+      count = int(z["count"]) if "count" in keys else (_npz_rows(path, "arr_0") if "arr_0" in keys else -1)
       out = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "count": count}
-      if "features" in z.files:   # a reference cache entry keeps features for KID and floors
-        out["features"] = z["features"].astype(np.float32)
+      if "mu_s" in keys:
+        out.update(mu_s=z["mu_s"].astype(np.float64), sigma_s=z["sigma_s"].astype(np.float64))
+      # a reference cache entry keeps features for KID and floors (features_s: sFID's)
+      for k in ("features", "features_s"):
+        if k in keys:
+          out[k] = z[k].astype(np.float32)
       return out
     for key in ("images", "arr_0"):
-      if key in z.files:
+      if key in keys:
         return {"images": _as_uint8_nhwc(z[key], str(path))}
   raise ValueError(f"{path}: an .npz needs 'images'/'arr_0' (uint8 NHWC) or 'mu' and 'sigma'")
 
 
 def save_stats(path, stats: dict, **extra) -> Path:
+  """Writes mu, sigma, count (and mu_s, sigma_s where present: the ADM reference batches'
+  names) and `extra` arrays as an .npz, atomically."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")   # two writers never share one
-  np.savez(tmp, mu=np.asarray(stats["mu"], np.float64), sigma=np.asarray(stats["sigma"], np.float64),
-           count=np.int64(stats["count"]), **extra)
+  arrays = {k: np.asarray(stats[k], np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s")
+            if k in stats}
+  np.savez(tmp, **arrays, count=np.int64(stats["count"]), **extra)
   os.replace(tmp, path)
   return path
 
@@ -479,9 +546,11 @@ def open_source(path, num: int | None = None) -> Source:
 
 
 def source_features(source: Source, extractor, *, batch_size: int = 50, num: int | None = None,
-                    logits: bool = False, progress: bool = True) -> dict[str, np.ndarray]:
+                    logits: bool = False, spatial: bool = False,
+                    progress: bool = True) -> dict[str, np.ndarray]:
   return extract_features(source.batches(batch_size, num), extractor, total=source.count, num=num,
-                          logits=logits, desc=source.path.name or str(source.path), progress=progress)
+                          logits=logits, spatial=spatial, desc=source.path.name or str(source.path),
+                          progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,14 +568,18 @@ REFERENCE_FEATURES_MAX = 10_000   # reference features kept beside the statistic
 
 def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], cache_dir=None, *,
                     split: str | None = None, resolution=None, num: int | None = None,
-                    extractor=None, total: int | None = None, progress: bool = True) -> dict:
+                    extractor=None, total: int | None = None, progress: bool = True,
+                    spatial: bool = False) -> dict:
   """Statistics of a data set, computed once and kept as <cache>/fid_stats/<key>.npz, with the
   features of up to REFERENCE_FEATURES_MAX of its images (a fixed random subset, for KID and the
-  metric's floor) under 'features'.
+  metric's floor) under 'features'. With `spatial` (an extractor made with spatial=True) also
+  sFID's mu_s, sigma_s and the same subset's spatial features under 'features_s'.
 
   `name` must identify the images (core.data.data_fingerprint does for a run's data): two data
   sets given one name share an entry. `images_fn()` yields uint8 NHWC batches; it is called
-  only when the cache has no entry, or an entry written before features were kept.
+  only when the cache has no entry, or an entry written before features were kept, or (with
+  `spatial`) one written before sFID: that entry is computed again, once, and its pool_3
+  figures come out the same (the network's pool_3 output does not change with spatial).
   `extractor` defaults to an InceptionExtractor with the default weights.
   """
   if cache_dir is None:
@@ -518,13 +591,16 @@ def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], ca
       out = load_stats(path)
     except (OSError, ValueError, EOFError):   # a torn or foreign file: computed afresh
       out = {}
-    if "features" in out:
+    if "features" in out and (not spatial or "features_s" in out):
       return out
   if extractor is None:
     from core.inception import InceptionExtractor
-    extractor = InceptionExtractor()
-  feats = extract_features(images_fn(), extractor, total=total, num=num, desc=path.stem, progress=progress)
-  stats = compute_stats(feats["pool"])
-  kept = subset(feats["pool"], REFERENCE_FEATURES_MAX).astype(np.float32)
-  save_stats(path, stats, network=np.array("inception-2015-12-05 pool_3"), features=kept)
-  return {**stats, "features": kept}
+    extractor = InceptionExtractor(spatial=spatial)
+  feats = extract_features(images_fn(), extractor, total=total, num=num, spatial=spatial,
+                           desc=path.stem, progress=progress)
+  stats = compute_stats(feats["pool"], feats.get("spatial"))
+  kept = {k: subset(feats[v], REFERENCE_FEATURES_MAX).astype(np.float32)
+          for k, v in (("features", "pool"), ("features_s", "spatial")) if v in feats}
+  network = "inception-2015-12-05 pool_3" + (", mixed_6/conv[..., :7]" if spatial else "")
+  save_stats(path, stats, network=np.array(network), **kept)
+  return {**stats, **kept}

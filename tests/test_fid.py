@@ -128,15 +128,28 @@ def test_param_mapping_shapes_match_network(fake_weights_file):
 
 @needs_weights
 def test_features_match_torchscript_reference(ref):
-  ex = I.InceptionExtractor(_real_weights(), batch_size=BATCH)
+  """pool_3 against fid-helper's pipeline, and sFID's spatial features (mixed_6/conv[..., :7],
+  NHWC-flattened) against default_1.pt's own submodules (tests/data/sfid_golden.npz, made by
+  scripts/make_sfid_golden.py): one network run with spatial=True, whose pool_3 is the same."""
+  ex = I.InceptionExtractor(_real_weights(), batch_size=BATCH, spatial=True)
   n = len(ref["features"])
   # Images of several sizes: resize each, then one batch through the network.
   x = np.concatenate([np.asarray(I.preprocess(ref[f"img_{i}"][None])) for i in range(n)])
-  feats = ex.apply(x)["pool"]
+  out = ex.apply(x)
+  feats = out["pool"]
   want = ref["features"]
   rel = np.linalg.norm(feats - want, axis=1) / np.linalg.norm(want, axis=1)
   assert rel.max() < 1e-3, rel
   np.testing.assert_allclose(feats, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+  # float32 through 13 layers and the resize's rounding: measured 4e-6 relative per image; the
+  # bound's 25x margin still fails a wrong channel, block or flattening order (O(1) errors).
+  with np.load(DATA / "sfid_golden.npz") as z:
+    want_s = z["spatial"]
+  got_s = out["spatial"]
+  assert got_s.shape == want_s.shape == (n, 17 * 17 * 7)
+  rel_s = np.linalg.norm(got_s - want_s, axis=1) / np.linalg.norm(want_s, axis=1)
+  assert rel_s.max() < 1e-4, rel_s
+  np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-4 * np.abs(want_s).max())
 
 
 @needs_weights
@@ -544,15 +557,22 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
                        "--save-stats-b", str(tmp_path / "sb.npz"), "--quiet", "--kid"], capsys)
   assert rc == 0, err
   lines = out.splitlines()
-  assert [l.split(":")[0] for l in lines] == ["FID", "KID"]
-  fid = float(lines[0].split("FID:")[1])
-  assert np.isfinite(fid) and fid >= 0
-  kid, kid_std = (float(v) for v in lines[1].split("KID:")[1].split("±"))
+  assert [l.split(":")[0] for l in lines] == ["FID", "sFID", "KID"]
+  fid, sfid = (float(lines[i].split(":")[1]) for i in (0, 1))
+  assert np.isfinite(fid) and fid >= 0 and np.isfinite(sfid) and sfid >= 0
+  kid, kid_std = (float(v) for v in lines[2].split("KID:")[1].split("±"))
   assert np.isfinite(kid) and kid_std >= 0
-  # The saved statistics reproduce the figure without the network.
-  rc, out2, _ = _cli([str(tmp_path / "sb.npz"), str(tmp_path / "sa.npz")], capsys)
-  assert rc == 0 and float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
-  assert F.load_stats(tmp_path / "sa.npz")["count"] == 4
+  # The saved statistics reproduce the FID without the network; as files saved before sFID
+  # (no mu_s, sigma_s: stripped here, which also spares two 2023-dim eigendecompositions) they
+  # give it alone. sFID from saved statistics: tests/test_sfid.py.
+  sa = F.load_stats(tmp_path / "sa.npz")
+  assert sa["count"] == 4 and sa["mu_s"].shape == (2023,) and sa["sigma_s"].shape == (2023, 2023)
+  for name in ("sa", "sb"):
+    st = F.load_stats(tmp_path / f"{name}.npz")
+    F.save_stats(tmp_path / f"{name}_old.npz", {k: st[k] for k in ("mu", "sigma", "count")})
+  rc, out2, err2 = _cli([str(tmp_path / "sb_old.npz"), str(tmp_path / "sa_old.npz")], capsys)
+  assert rc == 0 and out2.startswith("FID:") and len(out2.splitlines()) == 1 and "no sFID" in err2
+  assert float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
 
 
 @pytest.mark.slow
