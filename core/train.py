@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from core import data as data_lib
+from core import pipeline
 from core import models
 from core.conditioning import make_task
 from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
@@ -288,7 +288,7 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
   if tc.batch_size % trainer.mesh.devices.size:
     raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the "
                      f"{trainer.mesh.devices.size} devices of the mesh")
-  ds = data_lib.make_dataset(cfg.data, cfg.resolution, tc.batch_size // nproc, seed=tc.seed,
+  ds = pipeline.make_dataset(cfg.data, cfg.resolution, tc.batch_size // nproc, seed=tc.seed,
                              split=cfg.data.split, train=True,
                              process_index=jax.process_index(), process_count=nproc)
   it = iter(ds)
@@ -298,7 +298,7 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
   if state is None:
     state = trainer.init(jax.random.key(tc.seed))
   else:
-    data_lib.restore_iterator(it, data["iterator"])
+    pipeline.restore_iterator(it, data["iterator"])
     time_before = float(data.get("train_time_s", 0.0))
     log(f"resumed from step {int(state.step)}")
   start = int(state.step)
@@ -342,7 +342,7 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
         metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
       if ckpt_due:
-        save_checkpoint(mngr, state, data_lib.iterator_state_to_json(it),
+        save_checkpoint(mngr, state, pipeline.iterator_state_to_json(it),
                         time_before + time.perf_counter() - t0)
         last_good = step
       if stop_after is not None and steps_this_call >= stop_after:
