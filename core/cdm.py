@@ -1,18 +1,21 @@
 """Cascaded Diffusion Models, the multi-stage baseline (SPEC section 4; Ho et al. 2022).
 
 Pure functions for the super-resolution input: area downsampling of the batch, upsampling back,
-Gaussian blur and noise augmentation through the forward process at a level s; and
-`stage_configs`, which turns a cascade run into one ordinary run config per stage.
+Gaussian blur and noise augmentation through the forward process at a level s; the augmentation
+each stage trains with, by name (AUGMENTATIONS, cascade.augment); and `stage_configs`, which
+turns a cascade run into one ordinary run config per stage.
 """
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from core.config import CascadeConfig, CondConfig, ConfigError, ExperimentConfig
 from core.diffusion import _bcast, avg_pool_to, q_sample
+from core.registry import Registry
 from core.schedules import Schedule
 
 UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
@@ -69,13 +72,46 @@ def augment_for_training(x_low, key, cfg: CondConfig, schedule: Schedule):
   return noise_augment(x_low, eps, s, schedule), s
 
 
+# Which of cond.*'s augmentations a super-resolution stage trains with (cascade.augment, one
+# name per stage). CDM (Ho et al. 2022, section 4.2) found Gaussian noise best at its low
+# stages (32 -> 64) and harmful at 128 and 256, where it blurs instead.
+AUGMENTATIONS: Registry[Callable[[CondConfig], CondConfig]] = Registry("conditioning augmentation")
+
+
+@AUGMENTATIONS.register("noise+blur")
+def _noise_and_blur(c: CondConfig) -> CondConfig:
+  return c
+
+
+@AUGMENTATIONS.register("noise")
+def _noise(c: CondConfig) -> CondConfig:
+  return dataclasses.replace(c, blur_prob=0.0)
+
+
+@AUGMENTATIONS.register("blur")
+def _blur(c: CondConfig) -> CondConfig:
+  return dataclasses.replace(c, noise_s_min=0.0, noise_s_max=0.0)
+
+
+def _augmented(cfg: ExperimentConfig, name: str) -> ExperimentConfig:
+  """cfg as a super-resolution stage trained with augmentation `name`. A stage without noise
+  augmentation is not told s and samples at s = 0 (sampler.cond_s is the noised stages' s)."""
+  cond = AUGMENTATIONS.get(name)(cfg.cond)
+  if cond.noise_s_max > 0:
+    return dataclasses.replace(cfg, cond=cond)
+  return dataclasses.replace(
+      cfg, cond=cond, model=dataclasses.replace(cfg.model, cond_noise_embedding=False),
+      sampler=dataclasses.replace(cfg.sampler, cond_s=0.0, cond_truncated=False))
+
+
 def stage_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
   """One ordinary run config per stage, base first; [cfg] for a single-stage run.
 
   The lower stages keep the run's schedule, data, optimiser and sampler, so that s means the
   same noise level to the lower stage (truncated sampling) as to the augmentation. The base
   stage is a plain model (cascade.base_preset or this run's model without the conditioning
-  channels); intermediate super-resolution stages use this run's model. The cascade section is
+  channels); intermediate super-resolution stages use this run's model. Each super-resolution
+  stage trains with its cascade.augment (default: cond.* as written). The cascade section is
   cleared in every stage, so that stages are keyed (sweeps.spec.train_key) by what they train.
   """
   res = cfg.cascade.stages
@@ -95,10 +131,17 @@ def stage_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
     else:
       c = dataclasses.replace(cfg, cond=dataclasses.replace(cfg.cond, low_resolution=res[i - 1]),
                               cascade=CascadeConfig())
+      if cfg.cascade.augment:
+        c = _augmented(c, cfg.cascade.augment[i - 1])
       if i < len(res):
         c = dataclasses.replace(c, name=f"{cfg.name}/stage{i}", resolution=r)
     out.append(c)
   return out
+
+
+def own_stage(cfg: ExperimentConfig) -> ExperimentConfig:
+  """The stage this run's own model is, as it trains and samples (its cascade.augment applied)."""
+  return stage_configs(cfg)[-1] if cfg.cascade.augment else cfg
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -117,7 +160,8 @@ def validate(cfg: ExperimentConfig) -> None:
                         f"{', '.join(UPSAMPLE_METHODS)}")
     if not 0.0 <= c.noise_s_min <= c.noise_s_max <= 1.0:
       raise ConfigError("cond.noise_s_min and cond.noise_s_max must satisfy 0 <= min <= max <= 1")
-    if (c.noise_s_max > 0 or sp.cond_s > 0) and not m.cond_noise_embedding:
+    noised = c.noise_s_max > 0 or sp.cond_s > 0
+    if noised and not m.cond_noise_embedding and not cfg.cascade.augment:  # augment: per stage
       raise ConfigError("noise augmentation (cond.noise_s_max or sampler.cond_s > 0) needs "
                         "model.cond_noise_embedding=true: the model must be told s")
     if not 0.0 <= c.blur_prob <= 1.0 or not 0 < c.blur_sigma_min <= c.blur_sigma_max:
@@ -142,6 +186,24 @@ def validate(cfg: ExperimentConfig) -> None:
                         f"{cfg.resolution}, each dividing the next")
     if cfg.cascade.base_steps < 0:
       raise ConfigError("cascade.base_steps must be >= 0 (0: train.steps)")
+    aug = cfg.cascade.augment
+    if aug:
+      if len(aug) != len(stages):
+        raise ConfigError(f"cascade.augment={list(aug)} needs one name per super-resolution "
+                          f"stage: {len(stages)} for cascade.stages={list(stages)}")
+      bad = [a for a in aug if a not in AUGMENTATIONS]
+      if bad:
+        raise ConfigError(f"cascade.augment: unknown augmentation {bad[0]!r}; choose from: "
+                          f"{', '.join(AUGMENTATIONS.names())}")
+      sr = stage_configs(cfg)[1:]
+      if sp.cond_s > 0 and not any(s.cond.noise_s_max > 0 for s in sr):
+        raise ConfigError(f"sampler.cond_s={sp.cond_s}: no stage of cascade.augment="
+                          f"{list(aug)} is noise-augmented; set sampler.cond_s=0")
+      for s in sr:
+        validate(s)   # each stage's own augmentation and sampling agree with its model
     from core.models import build_model
     for s in stage_configs(cfg)[:-1]:
       build_model(s.model, s.resolution)   # a lower stage's shapes fail here, not mid-sweep
+  elif cfg.cascade.augment:
+    raise ConfigError("cascade.augment names the augmentation of each super-resolution stage "
+                      "of a cascade: set cascade.stages, or leave cascade.augment empty")

@@ -34,6 +34,7 @@ def _none(cfg: ExperimentConfig) -> Task:
 def _super_res(cfg: ExperimentConfig) -> Task:
   """CDM super-resolution (SPEC section 4): the low-res image, augmented, upsampled and
   concatenated on channels; its augmentation level s embedded as a logSNR."""
+  cfg = cdm.own_stage(cfg)   # a cascade run's own stage, with its cascade.augment
   c, sp = cfg.cond, cfg.sampler
   # s lives on the lower stage's forward process: the run's schedule at the low resolution.
   aug_schedule = make_schedule(cfg.schedule, c.low_resolution)
@@ -67,6 +68,13 @@ def validate(cfg: ExperimentConfig) -> None:
     raise ConfigError(f"unknown cond.task {cfg.cond.task!r}; choose one of: "
                       f"{', '.join(TASKS.names())}")
   cdm.validate(cfg)
+
+
+def truncated_at(cfg: ExperimentConfig) -> float:
+  """Where the stage below cfg's stops sampling: cfg's s when cfg's stage samples truncated
+  (its input is the lower stage's z_s), else 0 (a stage without noise augmentation never is)."""
+  sp = cdm.own_stage(cfg).sampler
+  return sp.cond_s if sp.cond_truncated else 0.0
 
 
 def make_task(cfg: ExperimentConfig) -> Task:

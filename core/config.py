@@ -101,6 +101,8 @@ class CascadeConfig:
   stages: tuple[int, ...] = ()    # resolutions of the lower stages, base first; () = single stage
   base_preset: str = ""           # model preset of the base stage ("": this run's model)
   base_steps: int = 0             # training steps of the base stage (0: train.steps)
+  augment: tuple[str, ...] = ()   # per super-resolution stage, lowest first: noise | blur |
+                                  # noise+blur (core.cdm.AUGMENTATIONS); (): each as cond.* says
 
 
 @dataclasses.dataclass(frozen=True)

@@ -122,10 +122,10 @@ def make_cascade_sampler(stages, batch: int) -> Callable:
   stages: (trainer, params, cfg) base first (SPEC section 4). A stage before a truncated
   super-resolution stage stops at that stage's sampler.cond_s.
   """
+  from core.conditioning import truncated_at
   draws = []
   for i, (trainer, params, cfg) in enumerate(stages):
-    nxt = stages[i + 1][2].sampler if i + 1 < len(stages) else None
-    t_end = nxt.cond_s if nxt is not None and nxt.cond_truncated else 0.0
+    t_end = truncated_at(stages[i + 1][2]) if i + 1 < len(stages) else 0.0
     draws.append(make_sampler(trainer, params, cfg, batch, t_end=t_end))
 
   def draw(key, labels):

@@ -196,14 +196,72 @@ def test_cascade_sweep_paper_tier_settings():
   single, cascades = runs[0].config, runs[1:]
   assert (single.resolution, single.model.preset, single.train.steps) == (256, "unet256", 2000000)
   assert len({r.train_key for r in cascades}) == 1   # the s rows only sample
-  base, top = cdm.stage_configs(cascades[0].config)
-  assert (base.resolution, base.model.preset, top.resolution, top.cond.low_resolution) == (
-      64, "unet128", 256, 64)
-  # Equal training images: the two stages split the single-stage budget.
-  assert base.train.steps + top.train.steps == single.train.steps
-  assert base.train.batch_size == top.train.batch_size == single.train.batch_size
-  assert {r.config.sampler.cond_s for r in cascades} == {0.0, 0.1, 0.2, 0.4}
-  assert (top.cond.blur_prob, top.model.cond_noise_embedding) == (0.5, True)
+  # CDM's ImageNet 256 pipeline, 32 -> 64 -> 256: noise at 64, blur at 256 (CDM section 4.2).
+  base, mid, top = cdm.stage_configs(cascades[0].config)
+  assert (base.resolution, base.model.preset, mid.resolution, mid.cond.low_resolution,
+          top.resolution, top.cond.low_resolution) == (32, "unet128", 64, 32, 256, 64)
+  assert (mid.cond.noise_s_max, mid.cond.blur_prob, mid.model.cond_noise_embedding) == (0.5, 0.0, True)
+  assert (top.cond.noise_s_max, top.cond.blur_prob, top.model.cond_noise_embedding) == (0.0, 0.5, False)
+  # Equal training images: the three stages split the single-stage budget.
+  assert base.train.steps + mid.train.steps + top.train.steps == single.train.steps
+  assert base.train.batch_size == mid.train.batch_size == top.train.batch_size == single.train.batch_size
+  # The s rows search the noise of the 64 stage; the 256 stage samples unaugmented.
+  assert {cdm.stage_configs(r.config)[1].sampler.cond_s for r in cascades} == {0.0, 0.1, 0.2, 0.4}
+  assert {cdm.stage_configs(r.config)[2].sampler.cond_s for r in cascades} == {0.0}
+
+
+def _three_stage(augment=("noise", "blur"), cond_s=0.2, truncated=True):
+  """A tiny 4 -> 8 -> 16 cascade with per-stage augmentation."""
+  cfg = _cfg(low_resolution=LOW)
+  return dataclasses.replace(
+      cfg, cascade=dataclasses.replace(cfg.cascade, stages=(4, LOW), augment=tuple(augment)),
+      sampler=dataclasses.replace(cfg.sampler, cond_s=cond_s, cond_truncated=truncated))
+
+
+def test_each_stage_trains_and_samples_with_its_own_augmentation():
+  from core.conditioning import truncated_at
+  cfg = _three_stage()
+  cdm.validate(cfg)
+  s0, s1, s2 = cdm.stage_configs(cfg)
+  assert (s1.cond.blur_prob, s1.cond.noise_s_max, s1.model.cond_noise_embedding) == (0.0, 0.5, True)
+  assert (s2.cond.blur_prob, s2.cond.noise_s_max, s2.model.cond_noise_embedding) == (0.5, 0.0, False)
+  assert (s1.sampler.cond_s, s1.sampler.cond_truncated) == (0.2, True)
+  assert (s2.sampler.cond_s, s2.sampler.cond_truncated) == (0.0, False)
+  # Training: the blur stage's input has no noise (s = 0, not told s), the noise stage's no blur.
+  batch = _batch()
+  kw2 = make_task(s2).train(batch, jax.random.key(0))
+  assert "cond_logsnr" not in kw2
+  low = cdm.downsample(batch["image"], LOW)
+  sched = make_schedule(s2.schedule, LOW)
+  x, s = cdm.augment_for_training(low, jax.random.key(0), s2.cond, sched)
+  assert float(jnp.max(s)) == 0.0                  # never noised: each example clean or blurred
+  sig = np.linspace(0.4, 0.6, 201)   # blur_sigma_min..max, every example at every sigma
+  blurs = cdm.gaussian_blur(jnp.tile(low, (len(sig), 1, 1, 1)), np.repeat(sig, len(low)))
+  blurs = jnp.concatenate([low[None], blurs.reshape((len(sig),) + low.shape)])
+  err = np.min(np.max(np.abs(np.asarray(x[None] - blurs)), axis=(2, 3, 4)), axis=0)
+  assert err.max() < 1e-3, err
+  low4 = cdm.downsample(batch["image"], 4)
+  _, s = cdm.augment_for_training(low4, jax.random.key(0), s1.cond, make_schedule(s1.schedule, 4))
+  assert 0 < float(jnp.max(s)) <= 0.5              # the noise stage is noised
+  # The run's own config (what the evaluation samples the last stage with) is its last stage:
+  # the clean 8 px image, no s, though the run's sampler searches s = 0.2 for the 8 px stage.
+  kw = make_task(cfg).sample(low, jax.random.key(1))
+  assert "cond_logsnr" not in kw
+  np.testing.assert_array_equal(kw["cond"], cdm.upsample(low, RES, "bicubic"))
+  # Truncation: the base stops at the 8 px stage's s; that stage runs to 0 for the blur stage.
+  assert [truncated_at(c) for c in (s1, cfg)] == [0.2, 0.0]
+  assert truncated_at(_three_stage(augment=("noise", "noise+blur"))) == 0.2
+
+
+def test_per_stage_augmentation_bad_input():
+  for kw, msg in (({"augment": ("noise",)}, "one name per super-resolution stage"),
+                  ({"augment": ("noise", "blurr")}, "unknown augmentation 'blurr'"),
+                  ({"augment": ("blur", "blur")}, "no stage of cascade.augment")):
+    with pytest.raises(ConfigError, match=msg):
+      cdm.validate(_three_stage(**kw))
+  with pytest.raises(ConfigError, match="set cascade.stages"):
+    cdm.validate(dataclasses.replace(_cfg(), cascade=dataclasses.replace(
+        _cfg().cascade, augment=("blur",))))
 
 
 def test_cascade_sweep_end_to_end_at_smoke(tmp_path, monkeypatch):
@@ -218,14 +276,15 @@ def test_cascade_sweep_end_to_end_at_smoke(tmp_path, monkeypatch):
   assert runner.main([CASCADE, "tier=smoke", "--results", res, "--no-progress", "eval.fid=false"]
                      + sum([["--only", o] for o in only], [])) == 0
   sdir = os.path.join(res, "cascade_smoke")
-  assert len(os.listdir(os.path.join(res, "_models"))) == 2   # base, super-resolution
+  assert len(os.listdir(os.path.join(res, "_models"))) == 3   # base, 32 -> 64, 64 -> 256
   for rid in only:
     assert read_json(os.path.join(sdir, rid, "status.json"))["state"] == "done"
     assert os.path.getsize(os.path.join(sdir, rid, "samples.png")) > 100
     assert [r["step"] for r in read_jsonl(os.path.join(sdir, rid, "metrics.jsonl"))] == [1, 2]
   ev = read_json(os.path.join(sdir, "256-CDM-s0", "eval.json"))
-  assert ev["stages"] == [4, 16] and ev["cond_s"] == 0.1 and ev["params"] > 0
-  assert os.path.exists(os.path.join(sdir, "256-CDM-s0", "metrics_stage0.jsonl"))
+  assert ev["stages"] == [2, 4, 16] and ev["cond_s"] == 0.1 and ev["params"] > 0
+  for i in (0, 1):
+    assert os.path.exists(os.path.join(sdir, "256-CDM-s0", f"metrics_stage{i}.jsonl"))
   (sweep,) = load_results(res)
   table = build_table(sweep, with_paper=True).numbers.set_index("arm")
   assert table.loc["CDM", "paper_fid_train"] == 4.88 and table.loc["CDM", "state"] == "done"
