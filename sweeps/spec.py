@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from core.config import ConfigError, ExperimentConfig, flatten, set_dotted, to_dict
+from core.config import ConfigError, ExperimentConfig, flatten, set_dotted
 from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
@@ -218,7 +218,8 @@ def _adapt(layered: dict[str, tuple[Any, bool]], scale: int, presets: dict[str, 
       raise ConfigError(f"{where}: the tier's presets name no model for arch {arch!r} "
                         f"(model.preset {name!r}); add presets: {{{arch}: PRESET}}")
     out["model.preset"] = presets[arch]
-    if own and "model.frontend" not in out and own.frontend != PRESETS.get(presets[arch])().frontend:
+    small = PRESETS.get(presets[arch])()
+    if own and "model.frontend" not in out and own.frontend != small.frontend:
       out["model.frontend"] = own.frontend   # the tier shrinks the model, not its front-end
   return out
 
@@ -262,7 +263,12 @@ def _tier_spec(path: str, spec: dict[str, Any], tier: str) -> dict[str, Any]:
     s = _flatten(t.get("set") or {})
     _check_values(s, f"{where}: tiers.{tier}.set", per_tier=False)
     out["set"].update(s)
-    out["presets"].update(t.get("presets") or {})
+    from core.models.presets import PRESETS
+    for arch, name in (t.get("presets") or {}).items():
+      if name not in PRESETS:
+        raise ConfigError(f"{where}: tiers.{tier}.presets.{arch}: unknown model preset {name!r}; "
+                          f"choose one of: {', '.join(PRESETS.names())}")
+      out["presets"][arch] = name
     out.update({k: t[k] for k in ("scale", "seeds") if k in t})
   return out
 
