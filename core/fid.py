@@ -583,7 +583,7 @@ def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], ca
   `extractor` defaults to an InceptionExtractor with the default weights.
   """
   if cache_dir is None:
-    from core.inception import default_cache_dir
+    from core.inception_weights import default_cache_dir
     cache_dir = default_cache_dir()
   path = Path(cache_dir) / "fid_stats" / f"{stats_key(name, split, resolution, num)}.npz"
   if path.is_file():

