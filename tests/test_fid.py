@@ -156,15 +156,16 @@ def test_features_match_torchscript_reference(ref):
   rel = np.linalg.norm(feats - want, axis=1) / np.linalg.norm(want, axis=1)
   assert rel.max() < 1e-3, rel
   np.testing.assert_allclose(feats, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
-  # float32 through 13 layers and the resize's rounding: measured 4e-6 relative per image; the
-  # bound's 25x margin still fails a wrong channel, block or flattening order (O(1) errors).
+  # float32 through 13 layers and the resize: measured 2e-6..4e-6 relative per image, 2.5e-5 for
+  # the 400x320 one (downsampled); the bound leaves 8x and still fails a wrong channel, block or
+  # flattening order (errors of order 1).
   with np.load(DATA / "sfid_golden.npz") as z:
     want_s = z["spatial"]
   got_s = out["spatial"]
   assert got_s.shape == want_s.shape == (n, 17 * 17 * 7)
   rel_s = np.linalg.norm(got_s - want_s, axis=1) / np.linalg.norm(want_s, axis=1)
-  assert rel_s.max() < 1e-4, rel_s
-  np.testing.assert_allclose(got_s, want_s, rtol=0, atol=1e-4 * np.abs(want_s).max())
+  assert rel_s.max() < 2e-4, rel_s
+  np.testing.assert_allclose(got_s, want_s, rtol=0, atol=2e-4 * np.abs(want_s).max())
 
 
 @needs_weights
