@@ -47,7 +47,9 @@ COLUMNS = ["group", "arm", "FID train", "FID eval", "KID train ×10³", "KID eva
            "speed", "params", "min/run", "seeds", "state"]
 PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
 CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
-         ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE))
+         ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE),
+         ("sFID eval", "sfid_eval", 1.0))
+SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
 FLOOR_STATE = "real data"
 FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
 OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"))
@@ -136,7 +138,7 @@ def _floor_rows(f, label: str) -> tuple[dict, dict]:
   d = {"group": f["group"], "arm": label, **{c: _fmt(f[k] * sc) for c, k, sc in CELLS},
        "state": FLOOR_STATE}
   x = {"row": "floor", "group": f["group"], "arm": label, "state": FLOOR_STATE,
-       **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval")},
+       **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval", "sfid_eval")},
        "kid_train_subset_std": f["kid_train_std"], "kid_eval_subset_std": f["kid_eval_std"],
        **{f"floor_{k}": f[k] for k in ("num", "resolution", "runs", "distinct")}}
   return d, x
@@ -163,6 +165,8 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
     rows += [_floor_rows(f, lab) for (_, f), lab in zip(floors.iterrows(), labels)
              if f["group"] == g]
   cols = COLUMNS + (PAPER_COLUMNS if paper else [])
+  if any(d.get(SFID_COLUMN) for d, _ in rows):
+    cols.insert(cols.index("KID eval ×10³") + 1, SFID_COLUMN)
   display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
   numbers = pd.DataFrame([x for _, x in rows])
   for c in numbers.columns:    # counts stay integers beside the floor rows' blanks
@@ -243,6 +247,9 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   elif (summ["seeds"] > 0).any():
     notes.append("KID: no finished run reports KID (older eval.json files), so its columns are "
                  "blank.")
+  if summ["sfid_eval"].map(finite).any():
+    notes.append("sFID: FID of the Inception's spatial features (mixed_6/conv, first 7 channels, "
+                 "17x17x7 = 2023 values), as the ADM evaluator computes it.")
   ref = sweep.reference
   if cost is not None:
     notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "

@@ -26,9 +26,10 @@ from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
-             "eval_time_s", "steps", "guidance_scale")
-METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean")
+             "eval_time_s", "steps", "guidance_scale", "sfid_eval")
+METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean", "sfid_eval")
 FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
+FLOOR_EXTRA = ("sfid_eval",)   # averaged too, but older eval.json files lack it: not in `distinct`
 GUIDANCE_KEY = "sampler.guidance_scale"
 
 
@@ -318,16 +319,17 @@ def group_floors(sweep: Sweep) -> pd.DataFrame:
     if not r["has_eval"] or not isinstance(fl, dict):
       continue
     key = (r["group"], _num(fl.get("num")), _num(fl.get("resolution")))
-    rows.setdefault(key, []).append({k: _num(fl.get(k)) for k in FLOOR_METRICS})
+    rows.setdefault(key, []).append({k: _num(fl.get(k)) for k in FLOOR_METRICS + FLOOR_EXTRA})
   out = []
   for (g, num, res), entries in rows.items():
-    df = pd.DataFrame(entries, columns=list(FLOOR_METRICS))
-    distinct = len({tuple(round(v, 12) if finite(v) else None for v in e.values())
+    df = pd.DataFrame(entries, columns=list(FLOOR_METRICS + FLOOR_EXTRA))
+    distinct = len({tuple(round(e[k], 12) if finite(e[k]) else None for k in FLOOR_METRICS)
                     for e in entries})
     out.append({"group": g, "num": num, "resolution": res, "runs": len(entries),
-                "distinct": distinct, **{k: _mean_std(df[k])[0] for k in FLOOR_METRICS}})
+                "distinct": distinct,
+                **{k: _mean_std(df[k])[0] for k in FLOOR_METRICS + FLOOR_EXTRA}})
   return pd.DataFrame(out, columns=["group", "num", "resolution", "runs", "distinct",
-                                    *FLOOR_METRICS])
+                                    *FLOOR_METRICS, *FLOOR_EXTRA])
 
 
 def varies_guidance(sweep: Sweep) -> bool:

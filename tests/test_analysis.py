@@ -478,3 +478,24 @@ def test_tables_say_how_the_samples_were_drawn(results, tmp_path):
   notes = make_tables.build_table(load_sweep(sdir)).notes
   assert any(n.startswith("samples drawn with different samplers") and "512 steps" in n
              for n in notes)
+
+
+def test_sfid_column_only_where_runs_report_it(tmp_path):
+  sdir = _three_seeds(str(tmp_path))
+  assert "sFID eval" not in make_tables.build_table(load_sweep(sdir)).display.columns
+  for seed, v in enumerate((40.0, 41.0, 42.0)):   # the 128 cosine arm's seeds report sFID
+    p = os.path.join(sdir, run_id("128", "cosine", seed), "eval.json")
+    ev = _eval(sdir, run_id("128", "cosine", seed))
+    ev["sfid_eval"] = v
+    ev["floor"]["sfid_eval"] = 7.5
+    with open(p, "w") as fh:
+      json.dump(ev, fh)
+  t = make_tables.build_table(load_sweep(sdir))
+  cols = list(t.display.columns)
+  assert cols[cols.index("KID eval ×10³") + 1] == "sFID eval"
+  d = t.display.set_index(["group", "arm"])
+  assert d.loc[("128", "cosine"), "sFID eval"] == f"41.00 ± {T975[2] / math.sqrt(3):.2f}"
+  assert d.loc[("128", "shift 64"), "sFID eval"] == ""
+  assert d.loc[FLOOR_128, "sFID eval"] == "7.50"
+  assert t.numbers.set_index(["group", "arm"]).loc[FLOOR_128, "floor_distinct"] == 1
+  assert any(n.startswith("sFID:") for n in t.notes)
