@@ -89,7 +89,9 @@ def configure_compilation_cache() -> str:
     from core.runio import cache_dir
     path = cache_dir("jax")
     jax.config.update("jax_compilation_cache_dir", path)
-  # Small programs too: a smoke run is many compilations of a fraction of a second each.
+  # Every program, however small: a smoke run is many compilations of a fraction of a second
+  # each, and reading one back is faster than compiling it (a threshold also made the warm run
+  # write programs the cold run had compiled just under it, so "warm" depended on load).
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   return path
