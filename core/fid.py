@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
-import scipy.special
 
 from core.images import IMAGE_EXTS as IMAGE_EXTENSIONS  # the one list, shared with core.sources
 
@@ -270,6 +269,7 @@ def classifier_score_from_logits(logits) -> float:
   logits = np.asarray(logits, np.float64)
   if logits.ndim != 2 or len(logits) == 0:
     raise ValueError(f"logits must be (N, classes) with N > 0, got {logits.shape}")
+  import scipy.special   # here: 0.2 s of every start, and only IS needs it
   log_p = logits - scipy.special.logsumexp(logits, axis=1, keepdims=True)
   p = np.exp(log_p)
   q = p.mean(axis=0)

@@ -27,3 +27,16 @@ def test_inception_extractor_places_its_weights_without_compiling(caplog):
   leaves = jax.tree_util.tree_leaves(ext.params)
   assert {x.dtype for x in leaves} == {np.dtype(np.float32)}   # float64 -> float32 as jnp's
   assert all((np.asarray(x) == 0.5).all() for x in leaves)
+
+
+def test_a_run_imports_no_module_only_one_path_needs():
+  """scipy (0.2 s; only IS needs it), pandas and matplotlib (analysis only) stay out of a run's
+  imports: the runner, training, evaluation, FID and Inception."""
+  import subprocess
+  import sys
+  code = ("import sys, sweeps.run, sweeps.execute, core.train, core.evaluate, core.fid, "
+          "core.inception; print(sorted({m.split('.')[0] for m in sys.modules} & "
+          "{'scipy', 'pandas', 'matplotlib', 'torch', 'tensorflow'}))")
+  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       text=True).stdout
+  assert out.split("\n")[-2] == "[]", out
