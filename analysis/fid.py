@@ -49,23 +49,24 @@ def _fail(msg: str) -> int:
   return 2
 
 
-def _check_stats(path, stats: dict) -> str | None:
-  """Why a statistics .npz cannot give an FID, or None."""
+def _check_pair(path, stats: dict, mu_key: str, sigma_key: str, what: str, nan_what: str):
+  """Why stats[mu_key], stats[sigma_key] are not a mean (D,) and a finite covariance (D, D)."""
   import numpy as np
-  mu, sigma = np.asarray(stats["mu"]), np.asarray(stats["sigma"])
+  mu, sigma = np.asarray(stats[mu_key]), np.asarray(stats[sigma_key])
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
-    return (f"{path}: statistics need mu of shape (D,) and sigma (D, D), got {mu.shape} and "
-            f"{sigma.shape}; save them with --save-stats")
+    return (f"{path}: {what} need {mu_key} of shape (D,) and {sigma_key} (D, D), got {mu.shape} "
+            f"and {sigma.shape}; save them with --save-stats")
   if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
-    return f"{path}: the statistics hold NaN or infinite values; compute them again (--save-stats)"
-  if "mu_s" in stats:
-    mu_s, sigma_s = np.asarray(stats["mu_s"]), np.asarray(stats["sigma_s"])
-    if mu_s.ndim != 1 or sigma_s.shape != (len(mu_s), len(mu_s)):
-      return (f"{path}: spatial statistics need mu_s of shape (D,) and sigma_s (D, D), got "
-              f"{mu_s.shape} and {sigma_s.shape}; save them with --save-stats")
-    if not (np.isfinite(mu_s).all() and np.isfinite(sigma_s).all()):
-      return f"{path}: mu_s or sigma_s hold NaN or infinite values; compute them again (--save-stats)"
+    return f"{path}: {nan_what} NaN or infinite values; compute them again (--save-stats)"
   return None
+
+
+def _check_stats(path, stats: dict) -> str | None:
+  """Why a statistics .npz cannot give an FID (or its sFID part), or None."""
+  why = _check_pair(path, stats, "mu", "sigma", "statistics", "the statistics hold")
+  if why is None and "mu_s" in stats:
+    why = _check_pair(path, stats, "mu_s", "sigma_s", "spatial statistics", "mu_s or sigma_s hold")
+  return why
 
 
 def _bad_image(files) -> object:

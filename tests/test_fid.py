@@ -18,6 +18,7 @@ from core import fid as F
 from core import inception as I
 from core import inception_weights as W
 from core import torchfile as T
+from tests.golden import load as golden_npz
 
 DATA = Path(__file__).parent / "data"
 BATCH = 4  # one batch size everywhere, so the network compiles once per test session
@@ -59,8 +60,7 @@ def fake_params(seed=0, with_logits=False):
 
 @pytest.fixture(scope="module")
 def ref():
-  with np.load(DATA / "inception_ref.npz") as z:
-    return {k: z[k] for k in z.files}
+  return golden_npz("inception_ref.npz")
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +257,7 @@ def test_download_is_injectable_and_checked(tmp_path, monkeypatch, fake_weights_
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(DATA / "tfgan_golden.npz") as z:
-    g = {k: z[k] for k in z.files}
+  g = golden_npz("tfgan_golden.npz")
   logits = g["logits_u"] @ g["logits_v"]
   logits[np.arange(len(logits)), g["logits_cls"]] += g["logits_boost"]
   g["logits"] = logits
@@ -330,8 +329,7 @@ def test_inception_score_properties():
 
 @pytest.fixture(scope="module")
 def kid_golden():
-  with np.load(DATA / "kid_golden.npz") as z:
-    return {k: z[k] for k in z.files}
+  return golden_npz("kid_golden.npz")
 
 
 def _kid_case(g, case):
@@ -403,8 +401,7 @@ def test_kid_properties():
 
 @pytest.fixture(scope="module")
 def prc_golden():
-  with np.load(DATA / "prc_golden.npz") as z:
-    return {k: z[k] for k in z.files}
+  return golden_npz("prc_golden.npz")
 
 
 def _prc_case(g, case):

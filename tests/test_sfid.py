@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 
 from core import fid as F
+from tests.golden import load as golden_npz
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="module")
 def golden():
-  with np.load(DATA / "sfid_golden.npz") as z:
-    return {k: z[k] for k in z.files}
+  return golden_npz("sfid_golden.npz")
 
 
 @pytest.fixture(scope="module")
