@@ -256,13 +256,32 @@ def preprocess(images, size: int = INPUT_SIZE):
 # Batched, jitted feature extraction
 
 
+# On CPU, without YNNPACK's fusions (on by default in jaxlib 0.10; they take this network's
+# reductions, dots and some convolutions from XLA's own emitters): measured side by side in
+# one process, scripts/benchmark_inception.py, results/reference/inception_speed.txt. Only for
+# the jaxlib releases it was measured with (the option is experimental; XLA rejects an unknown
+# one).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+CPU_COMPILER_OPTIONS_RELEASES = ("0.10",)
+
+
+def compiler_options() -> dict:
+  """XLA's default optimisation level (3), even where XLA_FLAGS lowers it to compile faster (the
+  test suite does): this network's run time dominates its compile time; CPU_COMPILER_OPTIONS
+  on CPU."""
+  import jaxlib.version
+  opts = {"xla_backend_optimization_level": 3}
+  if jax.default_backend() == "cpu" and ".".join(
+      jaxlib.version.__version__.split(".")[:2]) in CPU_COMPILER_OPTIONS_RELEASES:
+    opts.update(CPU_COMPILER_OPTIONS)
+  return opts
+
+
 @functools.cache
 def _network_fn(with_logits: bool, precision, with_spatial: bool = False):
   model = InceptionV3(with_logits=with_logits, precision=precision, with_spatial=with_spatial)
-  # XLA's default optimisation level (3), even where XLA_FLAGS lowers it to compile faster (the
-  # test suite does): this network's run time dominates its compile time.
   return jax.jit(lambda params, x: model.apply({"params": params}, x),
-                 compiler_options={"xla_backend_optimization_level": 3})
+                 compiler_options=compiler_options())
 
 
 _preprocess_fn = jax.jit(preprocess)

@@ -3,6 +3,7 @@ import logging
 
 import jax
 import numpy as np
+import pytest
 
 from core import inception_weights as W
 
@@ -40,3 +41,36 @@ def test_a_run_imports_no_module_only_one_path_needs():
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                        text=True).stdout
   assert out.split("\n")[-2] == "[]", out
+
+
+
+def test_inception_compiles_without_ynn_fusions_on_cpu(monkeypatch):
+  """The FID network's jit gets core.inception.compiler_options(): on CPU (jaxlib 0.10) no
+  YNNPACK fusions, 1.1-1.6x its images/s at the same features (1e-6 relative;
+  results/reference/inception_speed.txt). The option itself is checked on a small program:
+  it takes the YNN fusion out of a reduction that XLA's default puts in one."""
+  import jaxlib.version
+  from jax import lax
+  from core import inception as I
+  if ".".join(jaxlib.version.__version__.split(".")[:2]) not in I.CPU_COMPILER_OPTIONS_RELEASES:
+    pytest.skip(f"jaxlib {jaxlib.version.__version__}: not measured")
+  seen = {}
+  real_jit = jax.jit
+
+  def spy(f, **kw):
+    seen.update(kw)
+    return real_jit(f, **kw)
+  I._network_fn.cache_clear()
+  monkeypatch.setattr(I.jax, "jit", spy)
+  try:
+    I._network_fn(False, lax.Precision.HIGHEST)
+  finally:
+    monkeypatch.undo()
+    I._network_fn.cache_clear()
+  assert seen["compiler_options"] == {"xla_backend_optimization_level": 3,
+                                      **I.CPU_COMPILER_OPTIONS}
+  x = jax.numpy.ones((64, 64))
+  text = lambda **kw: jax.jit(lambda v: (v * v).sum(0), **kw).lower(x).compile().as_text()  # noqa: E731
+  assert "__ynn_fusion" in text()
+  assert "__ynn_fusion" not in text(compiler_options=I.CPU_COMPILER_OPTIONS)
+
