@@ -39,14 +39,15 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   assert same["step"] == ev["step"] and same["params"] == ev["params"]
 
   # Another sample count and sampler: a new record with its settings; nothing else changes.
-  assert evaluate.main([rd, "eval.num_samples=16", "eval.batch_size=16", "sampler.steps=2",
+  # (4 samples: Inception pads them to the sweep's chunk of 8, so it does not compile again.)
+  assert evaluate.main([rd, "eval.num_samples=4", "eval.batch_size=4", "sampler.steps=2",
                         "--no-progress"]) == 0
   recs = sorted(n for n in os.listdir(os.path.join(rd, "evals")) if n.endswith(".json"))
   assert len(recs) == 2
   new = [read_json(os.path.join(rd, "evals", n)) for n in recs]
-  other = next(r for r in new if r["num_samples"] == 16)
-  assert other["sampler"]["steps"] == 2 and other["settings"]["eval"]["num_samples"] == 16
-  assert other["overrides"] == {"eval.num_samples": 16, "eval.batch_size": 16,
+  other = next(r for r in new if r["num_samples"] == 4)
+  assert other["sampler"]["steps"] == 2 and other["settings"]["eval"]["num_samples"] == 4
+  assert other["overrides"] == {"eval.num_samples": 4, "eval.batch_size": 4,
                                 "sampler.steps": 2}
   after = _files(rd)
   assert {k: v for k, v in after.items() if not k.startswith("evals")} == before

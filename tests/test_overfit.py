@@ -25,6 +25,7 @@ def test_tiny_model_overfits_one_batch(name):
   opt = optax.adam(3e-3)
   opt_state = opt.init(params)
 
+  @jax.jit
   def loss_fn(p):
     f = lambda z, l: model.apply({"params": p}, z, l, labels, train=False)
     return loss_at(f, x, eps, t, sched, LossConfig())[0]
@@ -36,7 +37,9 @@ def test_tiny_model_overfits_one_batch(name):
     return optax.apply_updates(p, u), s, loss
 
   first = float(loss_fn(params))
-  for _ in range(300):
+  # 100 steps: both presets are then at 1/150 - 1/900 of the first loss (measured), the
+  # assertion asks for 1/10.
+  for _ in range(100):
     params, opt_state, loss = step(params, opt_state)
   last = float(loss_fn(params))
   assert last < first / 10, (first, last)
