@@ -265,14 +265,18 @@ CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 CPU_COMPILER_OPTIONS_RELEASES = ("0.10",)
 
 
+def cpu_options_measured() -> bool:
+  """Whether this jaxlib is a release CPU_COMPILER_OPTIONS were measured with."""
+  import jaxlib.version
+  return ".".join(jaxlib.version.__version__.split(".")[:2]) in CPU_COMPILER_OPTIONS_RELEASES
+
+
 def compiler_options() -> dict:
   """XLA's default optimisation level (3), even where XLA_FLAGS lowers it to compile faster (the
   test suite does): this network's run time dominates its compile time; CPU_COMPILER_OPTIONS
   on CPU."""
-  import jaxlib.version
   opts = {"xla_backend_optimization_level": 3}
-  if jax.default_backend() == "cpu" and ".".join(
-      jaxlib.version.__version__.split(".")[:2]) in CPU_COMPILER_OPTIONS_RELEASES:
+  if jax.default_backend() == "cpu" and cpu_options_measured():
     opts.update(CPU_COMPILER_OPTIONS)
   return opts
 

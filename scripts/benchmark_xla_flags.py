@@ -83,8 +83,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print("RESULT " + json.dumps(child(a.quick)), flush=True)
     return 0
-  base = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
-                  if not any(f.split("=")[0] == g.split("=")[0] for s in a.flags for g in s.split()))
+  # The user's XLA_FLAGS stay, less any flag a set names (each set gives its own value).
+  named = {g.split("=")[0] for fs in a.flags for g in fs.split()}
+  base = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f.split("=")[0] not in named)
   out: dict[str, list] = {f: [] for f in a.flags}
   for rep in range(a.repeats):
     for fs in a.flags:
