@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from core.config import ConfigError, DataConfig
-from core.sources import DataError, make_source, reference_indices
+from core.sources import DataError, make_source, reference_indices, render_cached
 
 _THREADS = min(8, os.cpu_count() or 1)   # in-process reader threads (num_workers 0)
 
@@ -148,7 +148,7 @@ def _batched(ds, batch_size: int, batch_fn, cfg: DataConfig, drop_remainder: boo
 
 def make_dataset(cfg: DataConfig, resolution: int, batch_size: int, seed: int,
                  split: str = "train", train: bool = True, process_index: int = 0,
-                 process_count: int = 1):
+                 process_count: int = 1, progress: bool = False):
   """Batches of this process's share of each global batch.
 
   train=True: shuffled afresh each epoch (seed and cfg.shuffle_seed), randomly flipped if
@@ -157,6 +157,8 @@ def make_dataset(cfg: DataConfig, resolution: int, batch_size: int, seed: int,
   batch_size * P, so the processes' batches are disjoint and together make the global batch.
   Incomplete batches are dropped (train=False: the last global batch, identically on every
   process). The result has `.skip_counter` (a SkipCounter) for logging data.skip_corrupt.
+  For training, the procedural set is read from its render in the cache folder
+  (sources.render_cached; `progress` shows that render the first time).
   """
   import grain
   if batch_size < 1:
@@ -165,6 +167,8 @@ def make_dataset(cfg: DataConfig, resolution: int, batch_size: int, seed: int,
     raise ConfigError(f"process_index={process_index} must lie in [0, process_count="
                       f"{process_count})")
   src = make_source(cfg, resolution, split)
+  if train:
+    src = render_cached(src, progress)
   counter = SkipCounter(src)
   ds = grain.MapDataset.source(_Elements(src, int(resolution)))
   global_batch = batch_size * process_count

@@ -290,7 +290,8 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
                      f"{trainer.mesh.devices.size} devices of the mesh")
   ds = pipeline.make_dataset(cfg.data, cfg.resolution, tc.batch_size // nproc, seed=tc.seed,
                              split=cfg.data.split, train=True,
-                             process_index=jax.process_index(), process_count=nproc)
+                             process_index=jax.process_index(), process_count=nproc,
+                             progress=tc.progress and is_main)
   it = iter(ds)
   mngr = _checkpoint_manager(workdir, cfg)
   state, data = restore_latest(mngr, trainer, log)
