@@ -13,7 +13,7 @@ ENV_CACHE = "SIMPLEDIFF_CACHE"
 
 def cache_dir(*parts: str) -> str:
   """The toolkit's cache folder ($SIMPLEDIFF_CACHE, default ~/.cache/simplediff), or a path in it:
-  file lists, reference statistics, Inception weights, compiled programs."""
+  file lists, reference statistics, Inception weights, compiled programs, shapes renders."""
   root = os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".cache",
                                                    "simplediff")
   return os.path.join(root, *parts)
