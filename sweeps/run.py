@@ -152,12 +152,21 @@ class _sigterm_as_interrupt:
         STOP.set()
         raise KeyboardInterrupt("SIGTERM")
       self.old = signal.signal(signal.SIGTERM, raise_interrupt)
+      # ... and reports it as "Exception ignored in ... Traceback" on stderr; the flag already
+      # carries it, so that report is noise beside the sweep's one message.
+      self.old_hook = sys.unraisablehook
+
+      def hook(u):
+        if not (u.exc_type is KeyboardInterrupt and STOP.is_set()):
+          self.old_hook(u)
+      sys.unraisablehook = hook
     return self
 
   def __exit__(self, *exc):
     import signal
     if self.old is not None:
       signal.signal(signal.SIGTERM, self.old)
+      sys.unraisablehook = self.old_hook
     STOP.clear()
     return False
 

@@ -478,3 +478,28 @@ def test_tables_take_the_row_the_arm_names_not_its_label(tmp_path):
   row = lambda a: d[d["arm"] == a].iloc[0]
   assert row("my cosine")["paper FID train"] == "2.96"
   assert row("shift 64")["paper FID train"] == ""     # names no row, though its label matches
+
+
+def test_sigterm_dropped_in_a_callback_is_not_reported_twice(monkeypatch):
+  """A SIGTERM that lands in a __del__ or XLA's gc callback is dropped by Python, which prints
+  'Exception ignored ... Traceback'; STOP carries it on, so only other exceptions are reported."""
+  import sys
+  from core.runio import STOP
+  from sweeps.run import _sigterm_as_interrupt
+  reported = []
+  monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u.exc_type))
+
+  class Raises:
+    def __init__(self, exc):
+      self.exc = exc
+
+    def __del__(self):
+      raise self.exc
+
+  with _sigterm_as_interrupt():
+    STOP.set()
+    Raises(KeyboardInterrupt("SIGTERM"))
+    assert reported == []
+    Raises(ValueError("other"))
+    assert reported == [ValueError]
+  assert not STOP.is_set()
