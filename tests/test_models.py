@@ -237,5 +237,14 @@ def test_group_norm_equals_flax_reference(shape, groups):
   ref = nn.GroupNorm(num_groups=groups, epsilon=1e-6).apply({"params": params}, x)
   np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-5)
   assert ours.dtype == jnp.float32
+  # The gradient too (the statistics' reduction order is ours): w.r.t. x, scale and bias.
+  w = jnp.asarray(rng.normal(0, 1, shape), jnp.float32)
+
+  def grads(module):
+    return jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply({"params": p}, x)) * w),
+                    argnums=(0, 1))(params, x)
+  for a, r in zip(jax.tree.leaves(grads(GroupNorm(groups))),
+                  jax.tree.leaves(grads(nn.GroupNorm(num_groups=groups, epsilon=1e-6)))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-5)
   bf = GroupNorm(groups).apply({"params": params}, x.astype(jnp.bfloat16))
   assert bf.dtype == jnp.float32   # normalisation in float32 whatever the compute dtype
