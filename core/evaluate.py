@@ -103,7 +103,7 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
     return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end,
                   sharding=rows, return_trajectory=trajectory)
 
-  def draw(key, labels, low=None):
+  def args(key, labels, low=None):
     # Host inputs, the same on every process, become global arrays; `low` (a lower cascade
     # stage's output) already is one.
     def put(x):
@@ -111,8 +111,14 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
         return x
       return jax.device_put(x, rows) if jax.process_count() == 1 else _global(np.asarray(x), rows)
     kd = _global(np.asarray(jax.random.key_data(key)), rep)
-    return _draw(params, kd, put(labels), put(low))
+    return params, kd, put(labels), put(low)
+
+  def draw(key, labels, low=None):
+    return _draw(*args(key, labels, low))
   draw.mesh = mesh
+  # The compiled program's HLO text (scripts/profile_step.py names its ops with it).
+  draw.hlo_text = lambda key, labels, low=None: _draw.lower(*args(key, labels, low)).compile(
+      ).as_text()
   return draw
 
 
