@@ -100,13 +100,20 @@ def main(argv=None) -> int:
         return 1
       out[fs].append(json.loads(line[7:]))
       print(f"repeat {rep + 1}/{a.repeats} flags [{fs or 'XLA default'}] done", flush=True)
-  first = a.flags[0]
+  print_table(out, a.repeats, "flag set", lambda fs: fs or "XLA default")
+  return 0
+
+
+def print_table(out: dict, repeats: int, kind: str, label) -> None:
+  """Medians of each set's children and ratios against the first set (also used by
+  scripts/benchmark_versions.py, whose sets are commits)."""
+  first = next(iter(out))
   names = list(out[first][0]["rows"])
   med = lambda fs, f: statistics.median(f(r) for r in out[fs])   # noqa: E731
-  print(f"\n{out[first][0]['devices']} CPU devices; medians of {a.repeats} alternating repeats; "
-        "ratio: against the first flag set")
-  for fs in a.flags:
-    print(f"\nflags [{fs or 'XLA default'}]: ceiling {med(fs, lambda r: r['peak']) / 1e9:.0f} "
+  print(f"\n{out[first][0]['devices']} CPU devices; medians of {repeats} alternating repeats; "
+        f"ratio: against the first {kind}")
+  for fs in out:
+    print(f"\n{kind} [{label(fs)}]: ceiling {med(fs, lambda r: r['peak']) / 1e9:.0f} "
           f"GFLOP/s, fixed-batch loss {out[fs][0]['loss']:.7f}")
     print(f"  {'program':46s} {'img/s':>9s} {'ratio':>6s} {'GFLOP/s':>8s} {'of ceiling':>10s}")
     for n in names:
@@ -115,7 +122,6 @@ def main(argv=None) -> int:
       fl = med(fs, lambda r: r["rows"][n]["flop_per_s"])
       share = med(fs, lambda r: r["rows"][n]["flop_per_s"] / r["peak"])
       print(f"  {n:46s} {ips:9.2f} {ips / ref:6.2f} {fl / 1e9:8.1f} {share:10.1%}")
-  return 0
 
 
 if __name__ == "__main__":
