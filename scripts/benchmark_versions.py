@@ -12,7 +12,6 @@ of a speed change in one run. The first commit must have that child (8eac834 and
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ def main(argv=None) -> int:
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--quick", action="store_true", help="the tier models only, fewer reps")
   a = ap.parse_args(argv)
-  from benchmark_xla_flags import print_table
+  from benchmark_xla_flags import print_table, run_child
   tmp = tempfile.mkdtemp(prefix="simplediff_versions_")
   trees = {}
   try:
@@ -44,15 +43,11 @@ def main(argv=None) -> int:
     env = dict(os.environ, SIMPLEDIFF_COMPILE_CACHE="0")
     for rep in range(a.repeats):
       for label, path in trees.items():
-        cmd = [sys.executable, os.path.join(path, "scripts", "benchmark_xla_flags.py"), "--child"]
-        p = subprocess.run(cmd + (["--quick"] if a.quick else []), cwd=path, env=env,
-                           capture_output=True, text=True)
-        line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if line is None:
-          sys.stderr.write(p.stderr[-3000:])
-          print(f"commit {label} failed (rc {p.returncode})")
+        res = run_child(os.path.join(path, "scripts", "benchmark_xla_flags.py"), a.quick, env,
+                        f"commit {label}", cwd=path)
+        if res is None:
           return 1
-        out[label].append(json.loads(line[7:]))
+        out[label].append(res)
         print(f"repeat {rep + 1}/{a.repeats} commit {label} done", flush=True)
     print_table(out, a.repeats, "commit", lambda k: k)
     return 0

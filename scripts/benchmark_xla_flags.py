@@ -91,17 +91,25 @@ def main(argv=None) -> int:
     for fs in a.flags:
       env = dict(os.environ, XLA_FLAGS=f"{base} {fs}".strip(), SIMPLEDIFF_COMPILE_CACHE="0",
                  SIMPLEDIFF_XLA_CPU_DEFAULTS="0")
-      cmd = [sys.executable, os.path.abspath(__file__), "--child"] + (["--quick"] if a.quick else [])
-      p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-      line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
-      if line is None:
-        sys.stderr.write(p.stderr[-3000:])
-        print(f"flags [{fs}] failed (rc {p.returncode})")
+      res = run_child(os.path.abspath(__file__), a.quick, env, f"flags [{fs}]")
+      if res is None:
         return 1
-      out[fs].append(json.loads(line[7:]))
+      out[fs].append(res)
       print(f"repeat {rep + 1}/{a.repeats} flags [{fs or 'XLA default'}] done", flush=True)
   print_table(out, a.repeats, "flag set", lambda fs: fs or "XLA default")
   return 0
+
+
+def run_child(script: str, quick: bool, env: dict, label: str, cwd=None):
+  """One child of `script` (a benchmark_xla_flags.py); its figures, or None, saying why."""
+  cmd = [sys.executable, script, "--child"] + (["--quick"] if quick else [])
+  p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+  line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
+  if line is None:
+    sys.stderr.write(p.stderr[-3000:])
+    print(f"{label} failed (rc {p.returncode})")
+    return None
+  return json.loads(line[7:])
 
 
 def print_table(out: dict, repeats: int, kind: str, label) -> None:
