@@ -173,7 +173,7 @@ def abstract_step_args(trainer, batch_size: int):
   return state, batch, sds(key.shape, key.dtype, sharding=trainer.replicated)
 
 
-def _synthetic_batch(trainer, batch_size: int):
+def synthetic_batch(trainer, batch_size: int):
   cfg = trainer.cfg
   rng = np.random.default_rng(0)
   r, c = cfg.resolution, cfg.model.in_channels
@@ -187,7 +187,7 @@ def measure_step(trainer, compiled, batch_size: int, opts: CostOptions) -> dict:
   """Seconds per step of the compiled step, after warm-up; allocates the TrainState."""
   import jax
   state = trainer.init(jax.random.key(0))
-  batch = _synthetic_batch(trainer, batch_size)
+  batch = synthetic_batch(trainer, batch_size)
   key = jax.device_put(jax.random.key(1), trainer.replicated)
   t = time.perf_counter()
   for _ in range(max(opts.warmup, 1)):

@@ -111,7 +111,7 @@ def print_profile(title: str, p: dict) -> None:
 
 def train_setup(cfg, batch: int, devices):
   import jax
-  from analysis.cost import _synthetic_batch, abstract_step_args
+  from analysis.cost import abstract_step_args, synthetic_batch
   from core.config import replace
   from core.devices import make_mesh
   from core.train import Trainer
@@ -119,7 +119,7 @@ def train_setup(cfg, batch: int, devices):
   tr = Trainer(cfg, make_mesh(devices))
   compiled = tr.step.trace(*abstract_step_args(tr, batch)).lower().compile()
   state = [tr.init(jax.random.key(0))]
-  data = _synthetic_batch(tr, batch)
+  data = synthetic_batch(tr, batch)
   key = jax.device_put(jax.random.key(1), tr.replicated)
 
   def step():
