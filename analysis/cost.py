@@ -288,7 +288,7 @@ def forward_flops(cfg) -> float:
 
 def sampling_passes(cfg) -> int:
   """Network evaluations per sampler step and image: guidance batches a conditional and an
-  unconditional pass at every step (core.samplers.guided_v)."""
+  unconditional pass at every step (core.samplers.guided_output)."""
   guided = cfg.sampler.guidance_scale != 1.0 and cfg.model.num_classes > 0
   return 2 if guided else 1
 

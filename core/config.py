@@ -27,8 +27,11 @@ class ScheduleConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | sigmoid
-                                  # (SiD2: Kingma-Gao weight sigmoid(b - logsnr) on the ELBO integrand)
+  name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | x_mse |
+                                  # sigmoid (SiD2: Kingma-Gao weight sigmoid(b - logsnr) on the
+                                  # ELBO integrand); each is a weight on the x error (core.diffusion)
+  weight_cap: float = 0.0         # > 0: that weight capped at this value (eps_mse with cap gamma
+                                  # is Min-SNR-gamma, Hang et al. 2023); 0: no cap
   sigmoid_bias: float = 0.0       # SiD2 bias b: 0 at 128, -1 at 256, -3 at 512 [?]
   multiscale: bool = False        # section 3.2
   multiscale_base: int = 32       # lowest resolution s of the multiscale sum
@@ -113,6 +116,12 @@ class DataConfig:
   eval_split: str = "test"        # for FID "eval" statistics
   num_classes: int = 10
   size: int = 50_000              # shapes: number of images in the (virtual) data set
+  # The content's resolution (issue 26; the paper's section 3.1 thought experiment): images are
+  # made at min(content_resolution, resolution) (shapes rendered there, files downsampled to
+  # it) and upsampled to the training resolution with `upsample`, so that every resolution
+  # carries the same content. 0: made at the training resolution.
+  content_resolution: int = 0
+  upsample: str = "bicubic"       # nearest | bilinear | bicubic | lanczos (core.images)
   random_flip: bool = True
   shuffle_seed: int = 0
   skip_corrupt: bool = False      # False: a file that cannot be decoded stops the run
@@ -298,7 +307,8 @@ POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
 
 
 # Counts that may be zero but not below.
-NON_NEGATIVE = ("data.num_workers", "data.prefetch")
+NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
+                "loss.weight_cap")
 
 
 def get_dotted(cfg, key: str) -> Any:

@@ -1,11 +1,14 @@
 """The forward process, prediction conversions and the training losses (SPEC section 1).
 
-The network predicts v = alpha eps - sigma x (paper appendix). Losses are chosen by name from
-LOSSES; each maps (x, eps, z, v_hat, logsnr, dlogsnr_dt) to a per-pixel error map and a
-per-example weight, so that the multiscale loss of section 3.2 applies to any of them.
+The network predicts v = alpha eps - sigma x (paper appendix), or x or eps (model.prediction,
+PREDICTIONS). Losses are chosen by name from LOSSES, each a weight on the x error; the error is
+measured in the prediction's own space, so that the multiscale loss of section 3.2 applies to
+any of them and no conversion divides by alpha or sigma.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Callable
 
 import jax
@@ -15,7 +18,8 @@ from core.config import LossConfig
 from core.registry import Registry
 from core.schedules import Schedule, alpha_sigma
 
-# denoise_fn(z, logsnr) -> v_hat; labels, conditioning and dropout keys are bound by the caller.
+# denoise_fn(z, logsnr) -> the network's output (model.prediction); labels, conditioning and
+# dropout keys are bound by the caller.
 DenoiseFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
@@ -51,39 +55,54 @@ def x_from_eps(z, eps, logsnr):
   return (z - _bcast(sigma, z) * eps) / _bcast(alpha, z)
 
 
+def eps_from_x(z, x, logsnr):
+  alpha, sigma = alpha_sigma(logsnr)
+  return (z - _bcast(alpha, z) * x) / _bcast(sigma, z)
+
+
 def v_from_eps(z, eps, logsnr):
   return v_from_x_eps(x_from_eps(z, eps, logsnr), eps, logsnr)
 
 
-# What the network outputs (JiT, Li and He 2025: x, eps or v), turned into the v the rest of
-# the toolkit works in; the loss's space is chosen apart (loss.name: x_mse, eps_mse, v_mse).
-# A division by alpha (eps) or sigma (x) is floored at PREDICTION_MIN_DIV, as JiT clips its
-# 1 - t: at logsnr +-15 it would otherwise multiply the network's error by about 1,800.
-PREDICTION_MIN_DIV = 0.05
-PREDICTIONS: Registry[Callable] = Registry("model.prediction")
+# What the network outputs (JiT, Li and He 2025: x, eps or v), chosen by model.prediction apart
+# from the loss (loss.name). Each kind maps its output to x_hat and eps_hat exactly, with no
+# floor: the clipped schedules keep alpha and sigma above about 1e-4, and a floor inside a
+# conversion makes the target unreachable (for sigma below it the loss asked for a v that the
+# sampler, converting back with the true sigma, turned into mostly z).
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  name: str
+  target: Callable      # (x, eps, logsnr) -> what a perfect network outputs
+  to_x: Callable        # (out, z, logsnr) -> x_hat
+  to_eps: Callable      # (out, z, logsnr) -> eps_hat
+  # log of (d x_hat / d out)^2: an output error e is the x error sqrt of this times e, so a
+  # loss's weight on the x error reaches the network's output multiplied by it.
+  log_dx_dout2: Callable
 
 
-@PREDICTIONS.register("v")
-def _pred_v(out, z, logsnr):
-  return out
+PREDICTIONS: Registry[Prediction] = Registry("model.prediction")
 
 
-@PREDICTIONS.register("eps")
-def _pred_eps(out, z, logsnr):
-  """v = (eps_hat - sigma z) / alpha (from v = alpha eps - sigma x, z = alpha x + sigma eps)."""
-  alpha, sigma = alpha_sigma(logsnr)
-  return (out - _bcast(sigma, z) * z) / _bcast(jnp.maximum(alpha, PREDICTION_MIN_DIV), z)
+def _register_prediction(p: Prediction) -> None:
+  PREDICTIONS.register(p.name)(p)
 
 
-@PREDICTIONS.register("x")
-def _pred_x(out, z, logsnr):
-  """v = (alpha z - x_hat) / sigma."""
-  alpha, sigma = alpha_sigma(logsnr)
-  return (_bcast(alpha, z) * z - out) / _bcast(jnp.maximum(sigma, PREDICTION_MIN_DIV), z)
+_register_prediction(Prediction(
+    "v", target=lambda x, eps, l: v_from_x_eps(x, eps, l),
+    to_x=lambda out, z, l: x_from_v(z, out, l), to_eps=lambda out, z, l: eps_from_v(z, out, l),
+    log_dx_dout2=lambda l: jax.nn.log_sigmoid(-l)))          # x_hat = alpha z - sigma out
+_register_prediction(Prediction(
+    "eps", target=lambda x, eps, l: eps, to_x=lambda out, z, l: x_from_eps(z, out, l),
+    to_eps=lambda out, z, l: out,
+    log_dx_dout2=lambda l: -l))                               # x_hat = (z - sigma out) / alpha
+_register_prediction(Prediction(
+    "x", target=lambda x, eps, l: x, to_x=lambda out, z, l: out,
+    to_eps=lambda out, z, l: eps_from_x(z, out, l),
+    log_dx_dout2=jnp.zeros_like))                             # x_hat = out
 
 
-def v_from_prediction(kind: str, out, z, logsnr):
-  return PREDICTIONS.get(kind)(out, z, logsnr)
+def get_prediction(kind: str) -> Prediction:
+  return PREDICTIONS.get(kind)
 
 
 def sample_t(key, batch: int, stratified: bool = False):
@@ -94,46 +113,51 @@ def sample_t(key, batch: int, stratified: bool = False):
   return jax.random.uniform(key, (batch,))
 
 
-# A loss returns (err, weight): err a per-pixel residual of the predicted quantity, squared and
-# averaged by the caller (after downsampling for multiscale); weight a per-example factor.
-LossFn = Callable[..., tuple[jnp.ndarray, jnp.ndarray]]
-LOSSES: Registry[Callable[[LossConfig], LossFn]] = Registry("loss")
+# Every loss is a weight on the x error, w(logsnr) ||x - x_hat||^2 (Kingma and Gao 2023,
+# section 2): eps-MSE is w = SNR, v-MSE w = 1 + SNR, x-MSE w = 1. A loss returns log w from
+# (logsnr, dlogsnr/dt); `loss_at` measures the error in the prediction's own space and moves w
+# there with Prediction.log_dx_dout2, so no target or conversion divides by alpha or sigma.
+LogWeightFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+LOSSES: Registry[Callable[[LossConfig], LogWeightFn]] = Registry("loss")
 
 
 @LOSSES.register("eps_mse")
-def _eps_mse(cfg: LossConfig) -> LossFn:
-  """The paper's loss: eps-MSE with the ELBO weight replaced by 1."""
-  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
-    return eps - eps_from_v(z, v_hat, logsnr), jnp.ones_like(logsnr)
-  return fn
+def _eps_mse(cfg: LossConfig) -> LogWeightFn:
+  """The paper's loss: eps-MSE with the ELBO weight replaced by 1; on the x error, w = SNR."""
+  return lambda logsnr, dlogsnr_dt: logsnr
 
 
 @LOSSES.register("v_mse")
-def _v_mse(cfg: LossConfig) -> LossFn:
-  """[?] The U-ViT config's v-MSE."""
-  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
-    return v_from_x_eps(x, eps, logsnr) - v_hat, jnp.ones_like(logsnr)
-  return fn
+def _v_mse(cfg: LossConfig) -> LogWeightFn:
+  """[?] The U-ViT config's v-MSE: ||v - v_hat||^2 = (1 + SNR) ||x - x_hat||^2."""
+  return lambda logsnr, dlogsnr_dt: jax.nn.softplus(logsnr)
 
 
 @LOSSES.register("x_mse")
-def _x_mse(cfg: LossConfig) -> LossFn:
+def _x_mse(cfg: LossConfig) -> LogWeightFn:
   """MSE in x space, weight 1 (JiT's axis: the loss's space apart from the prediction's)."""
-  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
-    return x - x_from_v(z, v_hat, logsnr), jnp.ones_like(logsnr)
-  return fn
+  return lambda logsnr, dlogsnr_dt: jnp.zeros_like(logsnr)
 
 
 @LOSSES.register("sigmoid")
-def _sigmoid(cfg: LossConfig) -> LossFn:
+def _sigmoid(cfg: LossConfig) -> LogWeightFn:
   """SiD2's weighting as Kingma and Gao (2023, eq. 6) define it: the weighted ELBO integrand
   (1/2) w(logsnr) (-dlogsnr/dt) ||eps - eps_hat||^2 with w = sigmoid(b - logsnr), t ~ U(0, 1).
   The factor -dlogsnr/dt makes the loss a function of the weighting alone, whatever the schedule
   (their section 4); without it the schedule would weight the noise levels a second time."""
-  def fn(x, eps, z, v_hat, logsnr, dlogsnr_dt):
-    w = jax.nn.sigmoid(cfg.sigmoid_bias - logsnr)
-    return eps - eps_from_v(z, v_hat, logsnr), 0.5 * w * -dlogsnr_dt
+  def fn(logsnr, dlogsnr_dt):
+    return (logsnr + jax.nn.log_sigmoid(cfg.sigmoid_bias - logsnr)
+            + jnp.log(0.5 * -dlogsnr_dt))
   return fn
+
+
+def loss_log_weight(cfg: LossConfig, logsnr, dlogsnr_dt):
+  """log of the loss's weight on the x error, with loss.weight_cap applied: capping eps-MSE's
+  SNR at gamma is Min-SNR-gamma (Hang et al. 2023)."""
+  log_w = LOSSES.get(cfg.name)(cfg)(logsnr, dlogsnr_dt)
+  if cfg.weight_cap > 0:
+    log_w = jnp.minimum(log_w, math.log(cfg.weight_cap))
+  return log_w
 
 
 def avg_pool_to(x, s: int):
@@ -170,21 +194,29 @@ def pixel_mse(err, cfg: LossConfig):
   return total
 
 
-def diffusion_loss(denoise_fn: DenoiseFn, x, key, schedule: Schedule, cfg: LossConfig):
+def diffusion_loss(denoise_fn: DenoiseFn, x, key, schedule: Schedule, cfg: LossConfig,
+                   prediction: str = "v"):
   """Monte-Carlo training loss for a batch x in [-1, 1]; returns (mean loss, aux)."""
   k_t, k_eps = jax.random.split(key)
   t = sample_t(k_t, x.shape[0], cfg.stratified_t)
   eps = jax.random.normal(k_eps, x.shape, x.dtype)
-  return loss_at(denoise_fn, x, eps, t, schedule, cfg)
+  return loss_at(denoise_fn, x, eps, t, schedule, cfg, prediction)
 
 
-def loss_at(denoise_fn: DenoiseFn, x, eps, t, schedule: Schedule, cfg: LossConfig):
-  """The loss with noise and t given (what diffusion_loss samples); used to overfit tests."""
+def loss_at(denoise_fn: DenoiseFn, x, eps, t, schedule: Schedule, cfg: LossConfig,
+            prediction: str = "v"):
+  """The loss with noise and t given (what diffusion_loss samples); used to overfit tests.
+
+  aux["out_weight"] is the weight each example's output error carries (the loss's weight on
+  the x error times (d x_hat / d out)^2): how evenly the noise levels share the gradient.
+  """
   # The schedule acts elementwise, so a forward-mode derivative along ones is dlogsnr/dt per
   # example (unused, and removed by XLA, except by the sigmoid loss).
   logsnr, dlogsnr_dt = jax.jvp(schedule, (t,), (jnp.ones_like(t),))
   z = q_sample(x, eps, logsnr)
-  v_hat = denoise_fn(z, logsnr).astype(jnp.float32)
-  err, weight = LOSSES.get(cfg.name)(cfg)(x, eps, z, v_hat, logsnr, dlogsnr_dt)
-  per_example = weight * pixel_mse(err, cfg)
-  return jnp.mean(per_example), {"loss_per_example": per_example, "t": t}
+  pred = get_prediction(prediction)
+  out = denoise_fn(z, logsnr).astype(jnp.float32)
+  weight = jnp.exp(loss_log_weight(cfg, logsnr, dlogsnr_dt) + pred.log_dx_dout2(logsnr))
+  per_example = weight * pixel_mse(out - pred.target(x, eps, logsnr), cfg)
+  return jnp.mean(per_example), {"loss_per_example": per_example, "t": t,
+                                 "out_weight": weight}

@@ -101,7 +101,7 @@ def make_sampler(trainer, params, cfg: ExperimentConfig, batch: int,
       return trainer.apply(params, z, logsnr, labels, train=False,
                            **repeat_batch(cond, z.shape[0]))
     return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end,
-                  sharding=rows, return_trajectory=trajectory)
+                  sharding=rows, return_trajectory=trajectory, prediction=cfg.model.prediction)
 
   def args(key, labels, low=None):
     # Host inputs, the same on every process, become global arrays; `low` (a lower cascade
@@ -224,17 +224,38 @@ def data_name(cfg: ExperimentConfig, split: str) -> str:
   return f"{label}-{data_lib.data_fingerprint(d, split, reference_num(cfg, split))}"
 
 
-def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bool) -> dict:
+def scored_content(cfg: ExperimentConfig) -> Optional[int]:
+  """The content resolution a run's samples are also scored at (box-downsampled to it), where
+  its data are made there and upsampled (data.content_resolution); None otherwise."""
+  from core.sources import content_resolution
+  c = content_resolution(cfg.data, cfg.resolution)
+  return c if c < cfg.resolution and cfg.resolution % c == 0 else None
+
+
+def box_downsample(images: np.ndarray, r: int) -> np.ndarray:
+  """uint8 (n, R, R, 3) -> uint8 (n, r, r, 3), each pixel the mean of its (R/r)^2 block (the
+  D_s of section 3.2): how a sample at R is seen at its content resolution r."""
+  from core.diffusion import avg_pool_to
+  x = avg_pool_to(np.asarray(images, np.float32), r)
+  return np.asarray(jnp.clip(jnp.round(x), 0, 255)).astype(np.uint8)
+
+
+def reference_figures(cfg: ExperimentConfig, split: str, extractor, progress: bool,
+                      at: Optional[int] = None) -> dict:
   """mu, sigma, count and 'features' (up to core.fid.REFERENCE_FEATURES_MAX) of a split; with
-  an extractor of spatial features also sFID's mu_s, sigma_s and 'features_s'."""
+  an extractor of spatial features also sFID's mu_s, sigma_s and 'features_s'. at: the split's
+  images box-downsampled to this resolution first (scored_content), as the samples are."""
   from core import data as data_lib
   from core.fid import reference_stats
   num = reference_num(cfg, split)
   bs = min(cfg.eval.batch_size, num)
+  images = lambda: data_lib.iterate_uint8(cfg.data, cfg.resolution, split, num, bs)
+  name, res = data_name(cfg, split), cfg.resolution
+  if at is not None and at != cfg.resolution:
+    images = lambda f=images: (box_downsample(b, at) for b in f())
+    name, res = f"{name}-from{cfg.resolution}", at
   return reference_stats(
-      data_name(cfg, split),
-      lambda: data_lib.iterate_uint8(cfg.data, cfg.resolution, split, num, bs),
-      cfg.eval.stats_dir or None, split=split, resolution=cfg.resolution, num=num,
+      name, images, cfg.eval.stats_dir or None, split=split, resolution=res, num=num,
       extractor=extractor, total=num, progress=progress,
       spatial=bool(getattr(extractor, "has_spatial", False)))
 
@@ -270,6 +291,20 @@ def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tup
   kid, kid_std = kid_from_features(feats, ref["features"], subsets=kid_subsets)
   return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std,
           "sfid": sfid_from_stats(other, ref)}, int(other["count"])
+
+
+def content_figures(cfg: ExperimentConfig, feats: np.ndarray, extractor, at: int,
+                    progress: bool) -> dict:
+  """FID and KID of samples box-downsampled to the content resolution `at`, against the eval
+  split downsampled alike, with the floor (train split images downsampled alike): the issue-26
+  test that a model at R with data made at `at` matches a model trained at `at` itself."""
+  ref = reference_figures(cfg, cfg.data.eval_split, extractor, progress, at=at)
+  other = reference_figures(cfg, cfg.data.split, extractor, progress, at=at)
+  m = sample_metrics(feats, ref)
+  fm, num = floor_metrics(len(feats), ref, other)
+  return {"resolution": at, "fid_eval": m["fid"], "kid_eval": m["kid"],
+          "kid_eval_std": m["kid_std"],
+          "floor": {"num": num, "fid_eval": fm["fid"], "kid_eval": fm["kid"]}}
 
 
 def training_speed(stages) -> Optional[float]:
@@ -317,7 +352,8 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     out["stages"] = [r.trainer.cfg.resolution for r, _ in stages]
   ext = inception_extractor(ev.inception_weights) if ev.fid else None
   want_logits = bool(ev.fid and ev.compute_is and ext.has_logits)
-  grid, feats, logits, rows, spatial = [], [], [], [], []
+  content = scored_content(cfg) if ev.fid else None
+  grid, feats, logits, rows, spatial, feats_c = [], [], [], [], [], []
   # Each process draws its share of every batch (the sampler's mesh spans every process) and
   # extracts the features of the images it holds; the features are then gathered, so that
   # every statistic is computed from all samples, as on one device.
@@ -333,6 +369,8 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
       spatial.append(o["spatial"])
       if want_logits:
         logits.append(o["logits"])
+      if content is not None:
+        feats_c.append(ext(box_downsample(imgs, content))["pool"])
   if jax.process_index() == 0:
     save_grid(np.concatenate(grid), grid_path or os.path.join(run_dir, "samples.png"))
   if ext is not None:
@@ -358,6 +396,9 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
       floor[f"precision_{name}"], floor[f"recall_{name}"] = fm.get("precision"), fm.get("recall")
     out["floor"] = floor
     out["ref_num"] = {name: int(r["count"]) for name, r in refs.items()}
+    if content is not None:
+      out["content"] = content_figures(cfg, gather_rows(np.concatenate(feats_c), rows), ext,
+                                       content, progress)
     if want_logits:
       out["is_mean"], out["is_std"] = inception_score(np.concatenate(logits))
   # sampling, Inception, reference statistics (once per data set) and metrics, with compiling

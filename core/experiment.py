@@ -77,14 +77,16 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
 def check_names(cfg: ExperimentConfig) -> None:
   """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
   typo fails when the config is resolved rather than when training or sampling reaches it."""
-  from core.diffusion import LOSSES
+  from core.diffusion import LOSSES, PREDICTIONS
   from core.samplers import SAMPLERS
   from core.schedules import SCHEDULES
-  from core.sources import SOURCES
+  from core.sources import SOURCES, UPSAMPLE
   for key, value, registry in (("schedule.name", cfg.schedule.name, SCHEDULES),
                                ("loss.name", cfg.loss.name, LOSSES),
+                               ("model.prediction", cfg.model.prediction, PREDICTIONS),
                                ("sampler.name", cfg.sampler.name, SAMPLERS),
-                               ("data.source", cfg.data.source, SOURCES)):
+                               ("data.source", cfg.data.source, SOURCES),
+                               ("data.upsample", cfg.data.upsample, UPSAMPLE)):
     check_choice(key, value, registry)
 
 
@@ -114,6 +116,8 @@ def _dormant(cfg: ExperimentConfig) -> tuple[str, ...]:
     out += ["schedule.noise_d_low", "schedule.noise_d_high"]
   if cfg.model.dropout == 0:
     out.append("model.dropout_max_res")
+  if not 0 < cfg.data.content_resolution < cfg.resolution:   # images made at the resolution
+    out += ["data.content_resolution", "data.upsample"]
   return tuple(out)
 
 

@@ -94,3 +94,18 @@ def array_to_image(a: np.ndarray, resolution: int) -> np.ndarray:
   if a.shape == (resolution, resolution, 3):
     return a.astype(np.uint8, copy=False)
   return crop_resize(Image.fromarray(a.astype(np.uint8, copy=False)), resolution)
+
+
+# Filters that make an image at the training resolution from its content resolution
+# (data.upsample; core.sources.Upsampled): PIL's, each sampling at pixel centres.
+UPSAMPLE_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                    "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
+
+
+def upsample(image: np.ndarray, resolution: int, method: str) -> np.ndarray:
+  """uint8 (r, r, 3) -> uint8 (resolution, resolution, 3) with the filter named `method`."""
+  if image.shape[0] == resolution and image.shape[1] == resolution:
+    return image
+  img = Image.fromarray(np.asarray(image, np.uint8))
+  return np.asarray(img.resize((resolution, resolution), UPSAMPLE_FILTERS[method]), np.uint8)
+

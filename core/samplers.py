@@ -12,11 +12,12 @@ import jax
 import jax.numpy as jnp
 
 from core.config import SamplerConfig
-from core.diffusion import _bcast, eps_from_v, x_from_v
+from core.diffusion import _bcast, get_prediction
 from core.registry import Registry
 from core.schedules import Schedule, alpha_sigma
 
-# model_fn(z, logsnr, labels) -> v_hat; labels None means the null (unconditional) class.
+# model_fn(z, logsnr, labels) -> the network's output (x, eps or v: the sampler's `prediction`);
+# labels None means the null (unconditional) class.
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray]
 StepFn = Callable[..., jnp.ndarray]
 SAMPLERS: Registry[Callable[[SamplerConfig], StepFn]] = Registry("sampler")
@@ -54,9 +55,10 @@ def _ddim(cfg: SamplerConfig) -> StepFn:
   return step
 
 
-def guided_v(model_fn: ModelFn, z, logsnr, labels, t, cfg: SamplerConfig):
-  """eps = (1 + eta) eps_cond - eta eps_uncond with eta = scale - 1. eps is affine in v for a
-  fixed z, so the same combination of v's gives exactly that eps."""
+def guided_output(model_fn: ModelFn, z, logsnr, labels, t, cfg: SamplerConfig):
+  """eps = (1 + eta) eps_cond - eta eps_uncond with eta = scale - 1. eps is affine in the
+  network's output (x, eps or v) for a fixed z, and the weights sum to one, so the same
+  combination of outputs gives exactly that eps."""
   eta = cfg.guidance_scale - 1.0
   if eta == 0.0 or labels is None:
     return model_fn(z, logsnr, labels)
@@ -79,15 +81,18 @@ def time_grid(steps: int, t_end: float = 0.0):
 
 
 def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig,
-           labels=None, return_trajectory: bool = False, t_end: float = 0.0, sharding=None):
+           labels=None, return_trajectory: bool = False, t_end: float = 0.0, sharding=None,
+           prediction: str = "v"):
   """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x).
 
   t_end > 0 stops at t_end and returns z_{t_end} instead (CDM's truncated conditioning
   augmentation, SPEC section 4). return_trajectory: also {'z', 'x_hat'}, each (steps, *shape):
   z after step i (at time s_i of time_grid) and the x_hat it was drawn from. sharding (a NamedSharding of the batch axis, under jit) keeps
   z and the noise split over the devices, so each draws its share of the batch; the numbers do
-  not depend on it (JAX's partitionable threefry).
+  not depend on it (JAX's partitionable threefry). prediction: what model_fn outputs
+  (model.prediction), turned into x_hat and eps_hat by core.diffusion.PREDICTIONS.
   """
+  pred = get_prediction(prediction)
   step_fn = SAMPLERS.get(cfg.name)(cfg)
   n = shape[0]
   constrain = ((lambda x: jax.lax.with_sharding_constraint(x, sharding)) if sharding is not None
@@ -102,11 +107,11 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
     t, s = ts[i], ss[i]
     logsnr_t = jnp.full((n,), schedule(t))
     logsnr_s = jnp.full((n,), schedule(s))
-    v = guided_v(model_fn, z_t, logsnr_t, labels, t, cfg).astype(jnp.float32)
-    x_hat = x_from_v(z_t, v, logsnr_t)
+    out = guided_output(model_fn, z_t, logsnr_t, labels, t, cfg).astype(jnp.float32)
+    x_hat = pred.to_x(out, z_t, logsnr_t)
     if cfg.clip_x:
       x_hat = jnp.clip(x_hat, -1.0, 1.0)
-    eps_hat = eps_from_v(z_t, v, logsnr_t)
+    eps_hat = pred.to_eps(out, z_t, logsnr_t)
     noise = constrain(jax.random.normal(jax.random.fold_in(k_steps, i), shape))
     z_s = constrain(step_fn(z_t, x_hat, eps_hat, logsnr_t, logsnr_s, noise))
     return (z_s, x_hat), ({"z": z_s, "x_hat": x_hat} if return_trajectory else None)

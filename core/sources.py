@@ -18,8 +18,9 @@ SOURCES under `cfg.source`:
                 little-endian int32, then the encoded image (JPEG, PNG, ...);
                 needs `pip install 'simplediff[array_record]'`
 
-Every image is centre-cropped to a square and resized to the resolution (core.images).
-The batches built from a source are core.pipeline's.
+Every image is centre-cropped to a square and resized to the resolution (core.images), or,
+with data.content_resolution below it, made at the content resolution and upsampled
+(Upsampled). The batches built from a source are core.pipeline's.
 """
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from core.config import ConfigError, DataConfig, check_choice
-from core.images import IMAGE_EXTS, array_to_image, decode_image, is_image_name
+from core.images import (IMAGE_EXTS, UPSAMPLE_FILTERS, array_to_image, decode_image,
+                         is_image_name, upsample)
 from core.registry import Registry
 from core.runio import cache_dir
 from core.shapes import ShapesSource
@@ -50,6 +52,9 @@ class Source(Protocol):
 
 
 SOURCES: Registry[Callable[[DataConfig, int, str], Source]] = Registry("data source")
+UPSAMPLE: Registry[str] = Registry("data.upsample")
+for _name in UPSAMPLE_FILTERS:
+  UPSAMPLE.register(_name)(_name)
 
 _CACHE_MIN_FILES = 20_000   # smaller folders are listed again each time (fast enough)
 
@@ -400,6 +405,8 @@ def render_cached(src, progress: bool = False):
   """
   import shutil
   import tempfile
+  if isinstance(src, Upsampled):   # the content is rendered once, upsampled as it is read
+    return Upsampled(render_cached(src.src, progress), src.resolution, src.method)
   if not isinstance(src, ShapesSource):
     return src
   if os.environ.get(ENV_RENDER_CACHE, "1").strip().lower() in ("0", "false", "no", "off"):
@@ -476,12 +483,48 @@ def _tfds(cfg: DataConfig, resolution: int, split: str) -> ArraySource:
                      label_key="label")
 
 
+class Upsampled:
+  """A source made at a content resolution, upsampled item by item to `resolution` with the
+  filter cfg.upsample names: every resolution then carries the same content (issue 26). With
+  nearest and a factor f, the f x f block means of an image are its content exactly."""
+
+  def __init__(self, src, resolution: int, method: str):
+    self.src, self.resolution, self.method = src, resolution, method
+    self.num_classes = getattr(src, "num_classes", None)
+
+  def __len__(self) -> int:
+    return len(self.src)
+
+  def load(self, i) -> tuple[dict, list[int]]:
+    ex, skipped = self.src.load(i) if hasattr(self.src, "load") else (self.src[i], [])
+    return dict(ex, image=upsample(ex["image"], self.resolution, self.method)), skipped
+
+  def __getitem__(self, i) -> dict:
+    return self.load(i)[0]
+
+  def name(self, i: int) -> str:
+    return self.src.name(i) if hasattr(self.src, "name") else str(i)
+
+  def __repr__(self) -> str:
+    return f"Upsampled({self.src!r}, {self.resolution}, {self.method!r})"
+
+
+def content_resolution(cfg: DataConfig, resolution: int) -> int:
+  """The resolution a source's images are made at before any upsampling."""
+  return min(cfg.content_resolution, resolution) if cfg.content_resolution else resolution
+
+
 def make_source(cfg: DataConfig, resolution: int, split: str) -> Source:
-  """The source named by cfg.source, for one split, at one resolution."""
+  """The source named by cfg.source, for one split, at one resolution (made at
+  content_resolution(cfg, resolution) and upsampled where that is lower)."""
   if not isinstance(resolution, (int, np.integer)) or resolution < 1:
     raise DataError(f"resolution must be a positive integer, got {resolution!r}")
   check_choice("data.source", cfg.source, SOURCES)
-  src = SOURCES.get(cfg.source)(cfg, int(resolution), split)
+  check_choice("data.upsample", cfg.upsample, UPSAMPLE)
+  made = content_resolution(cfg, int(resolution))
+  src = SOURCES.get(cfg.source)(cfg, made, split)
+  if made < resolution:
+    src = Upsampled(src, int(resolution), cfg.upsample)
   if len(src) == 0:
     raise DataError(f"data.source={cfg.source!r} split {split!r} has no examples "
                     f"(data.path={cfg.path!r})")
@@ -509,6 +552,8 @@ def data_fingerprint(cfg: DataConfig, split: str, num: int) -> str:
   h = hashlib.sha1()
   add = lambda *xs: h.update(json.dumps(xs, default=str).encode())
   add(cfg.source, split, num)
+  if cfg.content_resolution:   # images made at the content resolution, then upsampled
+    add("content", cfg.content_resolution, cfg.upsample)
   if cfg.source in PROCEDURAL:
     add(cfg.size)
   elif cfg.source == "tfds":

@@ -143,7 +143,8 @@ class Trainer:
     cond = self.task.train(batch, k_cond)
     denoise = lambda z, logsnr: self.apply(params, z, logsnr, labels, train=True, rng=k_drop,
                                            **cond)
-    return diffusion_loss(denoise, batch["image"], k_loss, self.schedule, self.cfg.loss)
+    return diffusion_loss(denoise, batch["image"], k_loss, self.schedule, self.cfg.loss,
+                          self.cfg.model.prediction)
 
   def _step(self, state: TrainState, batch, key):
     step_key = jax.random.fold_in(key, state.step)

@@ -42,8 +42,9 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
   from core import data as data_lib
-  from core.evaluate import (floor_metrics, generate, inception_extractor, reference_figures,
-                             sample_metrics, save_grid)
+  from core.evaluate import (box_downsample, content_figures, floor_metrics, generate,
+                             inception_extractor, reference_figures, sample_metrics, save_grid,
+                             scored_content)
   from core.experiment import resolve
   from core.train import Trainer
 
@@ -59,6 +60,7 @@ def main(argv=None) -> int:
   fl, _ = floor_metrics(cfg.eval.num_samples, ref, refs[cfg.data.split])
   print(f"{args.tag} floor n={cfg.eval.num_samples} {cfg.resolution}px: FID {fl['fid']:.1f} "
         f"KID x10^3 {fl['kid'] * 1e3:.2f}", flush=True)
+  content = scored_content(cfg)   # data made at a lower resolution: also scored there
   trained, step = 0.0, 0
   by_steps = bool(args.steps)
   for mark in (float(x) for x in (args.steps or args.minutes).split(",")):
@@ -73,16 +75,23 @@ def main(argv=None) -> int:
     for which in (("ema", "raw") if args.raw else ("ema",)):
       te = time.time()
       params = state.ema_params if which == "ema" else state.params
-      feats, grid = [], []
+      feats, grid, feats_c = [], [], []
       for imgs, _, _ in generate(tr, params, cfg, cfg.eval.num_samples, progress=False):
         feats.append(ext(imgs)["pool"])
         grid.append(imgs)
+        if content:
+          feats_c.append(ext(box_downsample(imgs, content))["pool"])
       mt = sample_metrics(np.concatenate(feats), ref)
+      at = ""
+      if content:
+        c = content_figures(cfg, np.concatenate(feats_c), ext, content, False)
+        at = (f" | at {content}px: FID {c['fid_eval']:.1f} KID x10^3 {c['kid_eval'] * 1e3:.1f}"
+              f" (floor {c['floor']['fid_eval']:.1f})")
       path = os.path.join(args.out, f"curve_{args.tag}_{which}_{mark:g}.png")
       save_grid(np.concatenate(grid)[:64], path)
       print(f"{args.tag} {which} min {trained / 60:.2f} step {step} images {step * cfg.train.batch_size} "
             f"loss {float(m['loss']):.4f} FID {mt['fid']:.1f} KID x10^3 {mt['kid'] * 1e3:.1f} "
-            f"eval {time.time() - te:.0f} s  {path}", flush=True)
+            f"eval {time.time() - te:.0f} s{at}  {path}", flush=True)
   return 0
 
 

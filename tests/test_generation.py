@@ -140,24 +140,22 @@ def test_memorised_images_are_sampled_back():
 # --- mutations: each must make the check fail ------------------------------------------------
 
 def _eps_sign_error(monkeypatch):
-  """eps_hat = sigma z - alpha v_hat instead of + (in training's loss and in sampling)."""
+  """v = alpha eps + sigma x instead of - (the training target): the sampler, converting with
+  the right signs, gets a network that learnt the wrong quantity."""
   import core.diffusion as D
-  import core.samplers as S
-  def wrong(z, v, logsnr):
+  def wrong(x, eps, logsnr):
     alpha, sigma = D.alpha_sigma(logsnr)
-    return D._bcast(sigma, z) * z - D._bcast(alpha, z) * v
-  monkeypatch.setattr(D, "eps_from_v", wrong)
-  monkeypatch.setattr(S, "eps_from_v", wrong)
+    return D._bcast(alpha, x) * eps + D._bcast(sigma, x) * x
+  monkeypatch.setattr(D, "v_from_x_eps", wrong)
 
 
 def _x_sign_error(monkeypatch):
-  """x_hat = alpha z + sigma v_hat instead of - (sampling only)."""
+  """x_hat = alpha z + sigma v_hat instead of - (sampling only: training compares outputs)."""
   import core.diffusion as D
-  import core.samplers as S
   def wrong(z, v, logsnr):
     alpha, sigma = D.alpha_sigma(logsnr)
     return D._bcast(alpha, z) * z + D._bcast(sigma, z) * v
-  monkeypatch.setattr(S, "x_from_v", wrong)
+  monkeypatch.setattr(D, "x_from_v", wrong)
 
 
 def _cosine_at_sampling(monkeypatch):

@@ -5,7 +5,7 @@ import pytest
 
 from core.config import SamplerConfig
 from core.diffusion import v_from_x_eps
-from core.samplers import ddpm_step, guided_v, sample
+from core.samplers import ddpm_step, guided_output, sample
 from core.schedules import alpha_sigma, logsnr_cosine, make_schedule
 from core.config import ScheduleConfig
 
@@ -81,7 +81,7 @@ def test_guidance_scale_one_equals_conditional_model():
   l = jnp.zeros(4)
   lab = jnp.arange(4)
   cond = _label_model(z, l, lab)
-  np.testing.assert_array_equal(guided_v(_label_model, z, l, lab, 0.5, SamplerConfig()), cond)
+  np.testing.assert_array_equal(guided_output(_label_model, z, l, lab, 0.5, SamplerConfig()), cond)
   x1 = sample(_label_model, z.shape, jax.random.key(2), logsnr_cosine,
               SamplerConfig(steps=8), labels=lab)
   x2 = sample(lambda z, l, y: _label_model(z, l, lab), z.shape, jax.random.key(2),
@@ -95,11 +95,11 @@ def test_guidance_combines_and_respects_interval():
   lab = jnp.arange(4)
   c, u = _label_model(z, l, lab), _label_model(z, l, jnp.full((4,), -1))
   cfg = SamplerConfig(guidance_scale=3.0)
-  np.testing.assert_allclose(guided_v(_label_model, z, l, lab, 0.5, cfg), 3 * c - 2 * u,
+  np.testing.assert_allclose(guided_output(_label_model, z, l, lab, 0.5, cfg), 3 * c - 2 * u,
                              atol=1e-6)
   cfg = SamplerConfig(guidance_scale=3.0, guidance_t_min=0.2, guidance_t_max=0.6)
-  np.testing.assert_allclose(guided_v(_label_model, z, l, lab, 0.9, cfg), c, atol=1e-6)
-  np.testing.assert_allclose(guided_v(_label_model, z, l, lab, 0.4, cfg), 3 * c - 2 * u,
+  np.testing.assert_allclose(guided_output(_label_model, z, l, lab, 0.9, cfg), c, atol=1e-6)
+  np.testing.assert_allclose(guided_output(_label_model, z, l, lab, 0.4, cfg), 3 * c - 2 * u,
                              atol=1e-6)
 
 

@@ -1,7 +1,8 @@
 """Denoising networks (SPEC section 2): build_model(cfg, resolution) -> flax.linen.Module.
 
 Call: model.apply({'params': p}, z, logsnr, label=None, cond=None, cond_logsnr=None,
-train=False, rngs={'dropout': key}) -> the v-prediction, z's shape, float32.
+train=False, rngs={'dropout': key}) -> the prediction cfg.prediction names (v by default), z's
+shape, float32.
 """
 from __future__ import annotations
 
@@ -35,30 +36,16 @@ def _build_uvit(cfg: ModelConfig, resolution: int) -> nn.Module:
   return UViT(cfg=cfg, resolution=resolution)
 
 
-class Predicting(nn.Module):
-  """A network that outputs eps or x (model.prediction), seen from outside as one that
-  outputs v, so that losses and samplers stay in v (core.diffusion.PREDICTIONS)."""
-  net: nn.Module
-  prediction: str
-
-  def __call__(self, z, logsnr, *args, **kwargs):
-    from core.diffusion import v_from_prediction
-    out = self.net(z, logsnr, *args, **kwargs)
-    return v_from_prediction(self.prediction, out.astype(jnp.float32), z, logsnr)
-
-
 def build_model(cfg: ModelConfig, resolution: int) -> nn.Module:
-  """The network for cfg.arch at `resolution`; bad configs raise ConfigError here. A
-  v-predicting network is the architecture itself (its parameter tree as before)."""
-  net = ARCHS.get(cfg.arch)(cfg, resolution)
-  if cfg.prediction == "v":
-    return net
+  """The network for cfg.arch at `resolution`; bad configs raise ConfigError here. Its output
+  is what cfg.prediction names (x, eps or v), turned into x_hat and eps_hat by
+  core.diffusion.PREDICTIONS where it is used (the loss, the sampler)."""
+  from core.config import ConfigError
   from core.diffusion import PREDICTIONS
   if cfg.prediction not in PREDICTIONS:
-    from core.config import ConfigError
     raise ConfigError(f"unknown model.prediction {cfg.prediction!r}; choose one of: "
                       f"{', '.join(PREDICTIONS.names())}")
-  return Predicting(net=net, prediction=cfg.prediction)
+  return ARCHS.get(cfg.arch)(cfg, resolution)
 
 
 def _dummy_inputs(cfg: ModelConfig, resolution: int):
