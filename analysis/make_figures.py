@@ -4,6 +4,8 @@ Paper-style figures, PNG and PDF of each, into RESULTS/figures/ (or --out):
   schedules          logSNR(t): cosine, shifted (eq. 5) at several noise_d, interpolated (eq. 6)
   noise_512          one 512x512 image noised at several t, cosine vs shifted schedule
   <sweep>_guidance   FID and IS against guidance scale (sweeps whose runs vary it)
+  <sweep>_shift      FID against the schedule's shift in nats of logSNR, one line per resolution,
+                     the optimum the content resolution predicts marked (sweeps that vary it)
   <sweep>_loss       smoothed training loss and FID against steps, per arm
   <sweep>_samples    every arm's samples.png, tiled with its label
 The first two are pure maths and always drawn; the others come from each sweep folder under
@@ -289,6 +291,73 @@ def guidance_figure(sweep: Sweep, with_paper: Optional[bool] = None) -> Optional
   return fig
 
 
+# --- (3b) FID against the noise shift ---------------------------------------------------
+
+def shift_lines(sweep: Sweep) -> list[dict]:
+  """One line per group: each arm's logSNR shift (eq. 5: 2 ln(noise_d / resolution)), its
+  resolution and content resolution, and its FID eval and FID @content (mean, 95% interval)."""
+  runs = sweep.runs[sweep.runs["has_eval"] & sweep.runs["logsnr_shift"].map(finite)]
+  if runs.empty or runs["logsnr_shift"].nunique() < 2:
+    return []
+  summ = arm_summary(sweep).set_index(["group", "arm"])
+  out = []
+  for g in dict.fromkeys(runs["group"]):
+    sub = runs[runs["group"] == g]
+    pts = []
+    for a in dict.fromkeys(sub["arm"]):
+      r, m = sub[sub["arm"] == a].iloc[0], summ.loc[(g, a)]
+      pts.append({"arm": a, "shift": r["logsnr_shift"], "resolution": r["resolution"],
+                  "content": r["content_resolution"],
+                  **{k: m[k] for k in ("fid_eval", "fid_eval_ci95", "fid_content",
+                                       "fid_content_ci95", "seeds")}})
+    df = pd.DataFrame(pts).sort_values("shift")
+    res, content = df["resolution"].iloc[0], df["content"].iloc[0]
+    # the content's logSNR is the pixels' + 2 ln(res / content): cosine's at the content
+    # resolution, the paper's 64-px reference here, needs shift -2 ln(res / content)
+    predicted = -2 * math.log(res / content) if finite(content) and finite(res) else math.nan
+    out.append({"group": g, "resolution": res, "content": content, "predicted": predicted,
+                "df": df})
+  return sorted(out, key=lambda l: l["resolution"] if finite(l["resolution"]) else 0)
+
+
+def shift_figure(sweep: Sweep) -> Optional[Figure]:
+  lines = shift_lines(sweep)
+  if not lines:
+    return None
+  content = any(l["df"]["fid_content"].map(finite).any() for l in lines)
+  panels = [("fid_eval", "FID eval at the trained resolution", False)]
+  if content:
+    panels.append(("fid_content", "FID eval at the content resolution", True))
+  with style():
+    fig = Figure(figsize=(6.2 * len(panels), 4.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    pal = sns.color_palette("deep", len(lines))
+    for ax, (k, title, rel) in zip(axes, panels):
+      for col, ln in zip(pal, lines):
+        df = ln["df"][ln["df"][k].map(finite)]
+        if df.empty:
+          continue
+        # right panel: the shift of the content's logSNR, shift + 2 ln(res / content)
+        x = df["shift"] - (ln["predicted"] if rel and finite(ln["predicted"]) else 0.0)
+        ax.errorbar(x, df[k], yerr=df[f"{k}_ci95"].fillna(0).values, color=col, marker="o",
+                    lw=1.8, capsize=3, label=f"{ln['resolution']:.0f} px")
+        if finite(ln["predicted"]) and not rel:
+          ax.axvline(ln["predicted"], color=col, ls=":", lw=1.4)
+      if rel:
+        ax.axvline(0.0, color="0.3", ls=":", lw=1.4)
+      ax.set_xlabel("shift of the content's logSNR, shift + 2 ln(res / content) (nats)" if rel
+                    else "shift of logSNR, 2 ln(noise_d / resolution) (nats; 0 = cosine)")
+      ax.set_ylabel("FID eval (lower is better)")
+      ax.set_title(title)
+      _log_if_wide(ax)
+      ax.legend(fontsize=9, title="resolution")
+    c = sorted({f"{l['content']:.0f}" for l in lines if finite(l["content"])})
+    fig.suptitle(f"{sweep.title} — {sweep.name}: FID against the noise shift"
+                 + (f" (dotted: the optimum predicted from {', '.join(c)}-px content; "
+                    "bars: 95% intervals over seeds)" if c else ""), fontsize=10)
+  return fig
+
+
 # --- (4) training curves ---------------------------------------------------------------
 
 def _smooth(y: pd.Series) -> pd.Series:
@@ -476,7 +545,8 @@ def sweep_figures(sweep: Sweep, with_paper: Optional[bool] = None) -> dict[str, 
   """The figures one sweep gives, by file name (absent where there is nothing to draw)."""
   out = {}
   for suffix, fn in (("guidance", lambda s: guidance_figure(s, with_paper)),
-                     ("loss", training_figure), ("samples", samples_figure)):
+                     ("shift", shift_figure), ("loss", training_figure),
+                     ("samples", samples_figure)):
     fig = fn(sweep)
     if fig is not None:
       out[f"{sweep.name}_{suffix}"] = fig

@@ -48,8 +48,11 @@ COLUMNS = ["group", "arm", "FID train", "FID eval", "KID train ×10³", "KID eva
 PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
 CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
          ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE),
-         ("sFID eval", "sfid_eval", 1.0))
+         ("sFID eval", "sfid_eval", 1.0), ("FID eval @content", "fid_content", 1.0),
+         ("KID eval @content ×10³", "kid_content", KID_SCALE))
 SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
+# after those, only where some run's data were made at a lower content resolution (issue 26)
+CONTENT_COLUMNS = ("FID eval @content", "KID eval @content ×10³")
 FLOOR_STATE = "real data"
 FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
 OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"))
@@ -138,7 +141,8 @@ def _floor_rows(f, label: str) -> tuple[dict, dict]:
   d = {"group": f["group"], "arm": label, **{c: _fmt(f[k] * sc) for c, k, sc in CELLS},
        "state": FLOOR_STATE}
   x = {"row": "floor", "group": f["group"], "arm": label, "state": FLOOR_STATE,
-       **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval", "sfid_eval")},
+       **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval", "sfid_eval",
+                            "fid_content", "kid_content")},
        "kid_train_subset_std": f["kid_train_std"], "kid_eval_subset_std": f["kid_eval_std"],
        **{f"floor_{k}": f[k] for k in ("num", "resolution", "runs", "distinct")}}
   return d, x
@@ -167,6 +171,9 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   cols = COLUMNS + (PAPER_COLUMNS if paper else [])
   if any(d.get(SFID_COLUMN) for d, _ in rows):
     cols.insert(cols.index("KID eval ×10³") + 1, SFID_COLUMN)
+  if any(d.get(CONTENT_COLUMNS[0]) for d, _ in rows):
+    at = cols.index(SFID_COLUMN if SFID_COLUMN in cols else "KID eval ×10³") + 1
+    cols[at:at] = list(CONTENT_COLUMNS)
   display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
   numbers = pd.DataFrame([x for _, x in rows])
   for c in numbers.columns:    # counts stay integers beside the floor rows' blanks
@@ -250,6 +257,13 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   if summ["sfid_eval"].map(finite).any():
     notes.append("sFID: FID of the Inception's spatial features (mixed_6/conv, first 7 channels, "
                  "17x17x7 = 2023 values), as the ADM evaluator computes it.")
+  if summ["fid_content"].map(finite).any():
+    res = sorted({f"{x:.0f}" for x in sweep.runs.get("content_resolution", pd.Series(
+        dtype=float)) if finite(x)})
+    notes.append(f"@content: FID and KID eval of the samples box-downsampled to the data's content "
+                 f"resolution ({', '.join(res)} px; data.content_resolution), against the eval "
+                 "split downsampled alike, so models at every resolution are compared on the same "
+                 "content; a run made at its content resolution repeats its own FID and KID.")
   ref = sweep.reference
   if cost is not None:
     notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "

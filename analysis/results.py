@@ -26,10 +26,14 @@ from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
-             "eval_time_s", "steps", "guidance_scale", "sfid_eval")
-METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean", "sfid_eval")
+             "eval_time_s", "steps", "guidance_scale", "sfid_eval", "resolution")
+# eval.json "content": the samples box-downsampled to the data's content resolution (issue 26)
+CONTENT_KEYS = {"fid_content": "fid_eval", "kid_content": "kid_eval"}
+METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean", "sfid_eval",
+           *CONTENT_KEYS)
 FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
-FLOOR_EXTRA = ("sfid_eval",)   # averaged too, but older eval.json files lack it: not in `distinct`
+# averaged too, but older eval.json files lack them: not in `distinct`
+FLOOR_EXTRA = ("sfid_eval", *CONTENT_KEYS)
 GUIDANCE_KEY = "sampler.guidance_scale"
 
 
@@ -121,8 +125,18 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
       if row["has_eval"] else math.nan
   if math.isnan(row["guidance_scale"]) and GUIDANCE_KEY in values:
     row["guidance_scale"] = _num(values[GUIDANCE_KEY])
+  content = (ev or {}).get("content") if row["has_eval"] else None
+  content = content if isinstance(content, dict) else {}
+  for k, src in CONTENT_KEYS.items():
+    row[k] = _num(content.get(src))
+  row["content_resolution"] = _num(content.get("resolution"))
+  sched = (ev or {}).get("schedule") if row["has_eval"] else None
+  row["logsnr_shift"] = _num(sched.get("logsnr_shift")) if isinstance(sched, dict) else math.nan
   fl = (ev or {}).get("floor") if row["has_eval"] else None
   row["floor"] = fl if isinstance(fl, dict) else None
+  if row["floor"] is not None and isinstance(content.get("floor"), dict):
+    row["floor"] = dict(row["floor"], **{k: content["floor"].get(src)
+                                         for k, src in CONTENT_KEYS.items()})
   row["sampler"] = sampler_text((ev or {}).get("sampler")) if row["has_eval"] else None
   row["paper"] = r.get("paper")   # the published rows the arm names (None: older sweep.json)
   return row
@@ -152,7 +166,8 @@ def load_sweep(path: str) -> Sweep:
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
-          *EVAL_KEYS, "eval_step", "floor", "sampler", "paper", "samples", "dir", "values"]
+          *EVAL_KEYS, *CONTENT_KEYS, "content_resolution", "logsnr_shift", "eval_step", "floor",
+          "sampler", "paper", "samples", "dir", "values"]
   df = pd.DataFrame(rows, columns=cols)
   name = os.path.basename(os.path.normpath(path))
   return Sweep(name=name, path=path, meta=meta, runs=df)

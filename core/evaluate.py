@@ -307,6 +307,18 @@ def content_figures(cfg: ExperimentConfig, feats: np.ndarray, extractor, at: int
           "floor": {"num": num, "fid_eval": fm["fid"], "kid_eval": fm["kid"]}}
 
 
+def schedule_record(cfg: ExperimentConfig) -> dict:
+  """The run's noise schedule for its evaluation record, with its shift in nats of logSNR
+  (eq. 5: 2 ln(noise_d / resolution); 0 for cosine; None where it varies with t)."""
+  sc = cfg.schedule
+  rec = {"name": sc.name}
+  if sc.name == "shifted":
+    rec.update(noise_d=sc.noise_d, logsnr_shift=2.0 * math.log(sc.noise_d / cfg.resolution))
+  else:
+    rec["logsnr_shift"] = 0.0 if sc.name == "cosine" else None
+  return rec
+
+
 def training_speed(stages) -> Optional[float]:
   """Training images per second of (TrainResult, train rows) stages (core.metrics: the median
   logged interval; a cascade's stages combined as images per second of all their training)."""
@@ -333,6 +345,7 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
   n = ev.num_samples if ev.fid else ev.grid_size
   params = sum(int(np.prod(x.shape)) for r, _ in stages for x in jax.tree.leaves(r.state.params))
   out = {"params": params, "step": int(state.step), "steps": cfg.train.steps,
+         "resolution": cfg.resolution, "schedule": schedule_record(cfg),
          "train_img_per_s": training_speed(stages),
          "train_time_s": sum(r.train_time_s for r, _ in stages),
          "guidance_scale": cfg.sampler.guidance_scale,
@@ -399,6 +412,11 @@ def evaluate_run(result, cfg: ExperimentConfig, run_dir: str, train_rows: list[d
     if content is not None:
       out["content"] = content_figures(cfg, gather_rows(np.concatenate(feats_c), rows), ext,
                                        content, progress)
+    elif cfg.data.content_resolution:   # made at its own resolution: the content figures are
+      out["content"] = {"resolution": cfg.resolution, "fid_eval": out["fid_eval"],   # its own
+                        "kid_eval": out["kid_eval"], "kid_eval_std": out["kid_eval_std"],
+                        "floor": {"num": floor["num"], "fid_eval": floor["fid_eval"],
+                                  "kid_eval": floor["kid_eval"]}}
     if want_logits:
       out["is_mean"], out["is_std"] = inception_score(np.concatenate(logits))
   # sampling, Inception, reference statistics (once per data set) and metrics, with compiling

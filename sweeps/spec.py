@@ -10,6 +10,7 @@ File layout (see ablations/*.yaml):
     base: {...}                  # the experiment at the paper's settings (dotted or nested keys)
     arms:                        # zipped list: one run per arm (and seed)
       - {label: cosine, group: "128", set: {resolution: 128, schedule.name: cosine}}
+      - {label: cosine, group: "64", tiers: [cpu, smoke], set: {...}}   # only at these tiers
     grid: {key: [values, ...]}   # optional: the arms are crossed with every grid combination
     grid_label: "{label} {guidance_scale:.2f}"  # optional: row label from the grid values
     tiers:                       # paper | gpu | cpu | smoke; over ablations/_tiers.yaml's
@@ -299,9 +300,17 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
   for i, arm in enumerate(spec["arms"]):
     if not isinstance(arm, dict) or "label" not in arm:
       raise ConfigError(f"{path}: arms[{i}] needs a 'label'")
-    bad = set(arm) - {"label", "group", "set", "paper"}
+    bad = set(arm) - {"label", "group", "set", "paper", "tiers"}
     if bad:
-      raise ConfigError(f"{path}: arms[{i}] has unknown key {sorted(bad)[0]!r}; valid: label, group, set, paper")
+      raise ConfigError(f"{path}: arms[{i}] has unknown key {sorted(bad)[0]!r}; valid: label, "
+                        "group, set, paper, tiers")
+    only = arm.get("tiers")
+    if only is not None:
+      if not isinstance(only, list) or not only or set(map(str, only)) - set(TIERS):
+        raise ConfigError(f"{path}: arms[{i}].tiers must be a list of tiers ({', '.join(TIERS)})"
+                          f", got {only!r}")
+      if tier not in only:
+        continue   # an arm of other tiers (a control group the paper has no row for)
     if arm.get("set") is not None and not isinstance(arm["set"], dict):
       raise ConfigError(f"{path}: arms[{i}].set must be a mapping of key: value, got "
                         f"{arm['set']!r}")

@@ -499,3 +499,48 @@ def test_sfid_column_only_where_runs_report_it(tmp_path):
   assert d.loc[FLOOR_128, "sFID eval"] == "7.50"
   assert t.numbers.set_index(["group", "arm"]).loc[FLOOR_128, "floor_distinct"] == 1
   assert any(n.startswith("sFID:") for n in t.notes)
+
+
+def _content_sweep(root):
+  """Table 2 at the issue-26 cpu tier: groups 128 -> 32 px and 256 -> 64 px of 16-px content,
+  three seeds of the 128 arms; each run's eval.json carries its schedule and its figures at
+  the content resolution (FID @content = 30 + |shift + 2 ln(res / 16)| * 10 + seed)."""
+  sdir = _three_seeds(root, states={})
+  meta = json.load(open(os.path.join(sdir, "sweep.json")))
+  nd = {"cosine": None, "shift 128": 128, "shift 64": 64, "shift 32": 32}
+  for r in meta["runs"]:
+    res = int(r["group"]) // 4
+    d = nd[r["arm"]] and nd[r["arm"]] // 4
+    shift = 2 * math.log(d / res) if d else 0.0
+    ev = _eval(sdir, r["run_id"])
+    ev.update(resolution=res, schedule={"name": "shifted" if d else "cosine",
+                                        "logsnr_shift": shift},
+              content={"resolution": 16, "fid_eval": 30 + 10 * abs(shift + 2 * math.log(res / 16))
+                       + r["seed"], "kid_eval": 0.02, "floor": {"fid_eval": 5.0, "kid_eval": 1e-4}})
+    with open(os.path.join(sdir, r["run_id"], "eval.json"), "w") as fh:
+      json.dump(ev, fh)
+  return sdir
+
+
+def test_content_columns_and_the_shift_figure(tmp_path):
+  sdir = _content_sweep(str(tmp_path))
+  t = make_tables.build_table(load_sweep(sdir))
+  cols = list(t.display.columns)
+  assert cols[cols.index("KID eval ×10³") + 1:cols.index("KID eval ×10³") + 3] == [
+      "FID eval @content", "KID eval @content ×10³"]
+  d = t.display.set_index(["group", "arm"])
+  # 128 -> 32 px: shift 64 is noise_d 16, the content's cosine: 30 + 0 + mean seed 1
+  assert d.loc[("128", "shift 64"), "FID eval @content"] == f"31.00 ± {T975[2] / math.sqrt(3):.2f}"
+  assert d.loc[FLOOR_128, "FID eval @content"] == "5.00"
+  assert any(n.startswith("@content:") and "16 px" in n for n in t.notes)
+  lines = make_figures.shift_lines(load_sweep(sdir))
+  assert [l["resolution"] for l in lines] == [32, 64]
+  assert [round(l["predicted"], 6) for l in lines] == [round(-2 * math.log(2), 6),
+                                                       round(-2 * math.log(4), 6)]
+  best = [l["df"].loc[l["df"]["fid_content"].idxmin(), "shift"] for l in lines]
+  assert best == pytest.approx([l["predicted"] for l in lines])
+  fig = make_figures.shift_figure(load_sweep(sdir))
+  assert fig is not None and len(fig.axes) == 2
+  # a sweep that does not vary the schedule draws none
+  assert make_figures.shift_figure(load_sweep(write_fake_sweep(
+      str(tmp_path / "d"), sweep="dropout", table="3"))) is None

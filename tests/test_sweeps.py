@@ -78,13 +78,38 @@ def test_other_sweeps_paper_tier_settings():
 
 
 def test_small_tiers_scale_resolutions_and_keep_the_axis():
+  _, runs = expand(os.path.join(ROOT, "ablations/dropout.yaml"), "cpu")
+  assert {r.config.resolution for r in runs} == {16}   # the tiers' scale 8
+  # noise_shift's own cpu tier (issue 26): 16-px content at 32 and 64 px, scale 4, and a
+  # 16-px control group that only the small tiers have
   _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "cpu")
   c = _by(runs, "128", "shift 32")
-  assert (c.resolution, c.schedule.noise_d, c.data.source) == (16, 4, "shapes_simple")
+  assert (c.resolution, c.schedule.noise_d, c.data.source) == (32, 8, "shapes_simple")
   c = _by(runs, "256", "shift 128")
-  assert (c.resolution, c.schedule.noise_d) == (32, 16)  # the same ratio image_d / noise_d
+  assert (c.resolution, c.schedule.noise_d) == (64, 32)  # the same ratio image_d / noise_d
+  assert (c.model.frontend, c.data.content_resolution, c.model.prediction, c.loss.name) == (
+      "patch:4", 16, "x", "x_mse")
+  c = _by(runs, "64", "cosine")
+  assert (c.resolution, c.model.frontend, c.model.base_channels) == (16, "none", 24)
+  assert len(runs) == 9 and len({r.config.train.steps for r in runs}) == 1
   _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "smoke", seeds=2)
-  assert len(runs) == 14 and {r.config.train.seed for r in runs} == {0, 1}
+  assert len(runs) == 18 and {r.config.train.seed for r in runs} == {0, 1}
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "paper")
+  assert len(runs) == 7 and {r.group for r in runs} == {"128", "256"}   # no control group
+
+
+def test_an_arm_of_some_tiers_only(tmp_path):
+  body = ("name: t\nbase: {resolution: 16, model: {preset: unet_tiny}, train: {steps: 1}}\n"
+          "arms:\n  - {label: a}\n  - {label: b, tiers: %s}\n")
+  f = tmp_path / "t.yaml"
+  f.write_text(body % "[cpu]")
+  assert [r.arm for r in expand(str(f), "cpu")[1]] == ["a", "b"]
+  assert [r.arm for r in expand(str(f), "paper")[1]] == ["a"]
+  for bad in ("[laptop]", "cpu", "[]"):
+    f.write_text(body % bad)
+    from core.config import ConfigError
+    with pytest.raises(ConfigError, match=r"arms\[1\]\.tiers"):
+      expand(str(f), "cpu")
 
 
 # The one rule (sweeps/spec.py): base < the tier's set (_tiers.yaml, then the file's tiers:) <
@@ -202,6 +227,10 @@ def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
     assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
     ev = read_json(os.path.join(rd, "eval.json"))
     assert ev["params"] > 0 and (ev["fid_train"] >= 0 if fid else ev["fid_train"] is None)
+    if name == "noise_shift":   # 16-px content at 32 px: also scored at 16 px (issue 26)
+      assert ev["resolution"] == 32 and ev["schedule"]["logsnr_shift"] == 0.0
+      c = ev["content"]
+      assert c["resolution"] == 16 and c["fid_eval"] >= 0 and c["floor"]["fid_eval"] >= 0
     assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
     assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
   assert len(os.listdir(os.path.join(res, "_models"))) == 1  # trained once
