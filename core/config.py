@@ -277,6 +277,23 @@ def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
   d[parts[-1]] = value
 
 
+def parse_assignments(items: list[str]) -> dict[str, Any]:
+  """Command-line `key=value` strings -> {dotted key: value}, each value read as YAML (so
+  3, true, [a, b] are typed; the config's own types check them later), or kept as the string
+  where it is not YAML. The one reader of key=value for the sweep runner and core.evaluate."""
+  import yaml
+  out: dict[str, Any] = {}
+  for it in items:
+    if "=" not in it:
+      raise ConfigError(f"override {it!r} is not of the form key=value")
+    k, v = it.split("=", 1)
+    try:
+      out[k] = yaml.safe_load(v)
+    except yaml.YAMLError:
+      out[k] = v
+  return out
+
+
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
   """Recursive merge; `over` wins. Neither input is modified."""
   out = dict(base)

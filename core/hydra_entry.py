@@ -17,10 +17,23 @@ def _fail(msg: str) -> NoReturn:
   sys.exit(2)
 
 
+def _command_line(argv: list[str]):
+  """Hydra's command line split into its overrides and --multirun (the flags that take a value
+  named, so that a value is not read as an override; other flags are Hydra's to judge)."""
+  import argparse
+  ap = argparse.ArgumentParser(add_help=False)
+  ap.add_argument("overrides", nargs="*")
+  ap.add_argument("-m", "--multirun", action="store_true")
+  for flag in (("-cp", "--config-path"), ("-cn", "--config-name"), ("-cd", "--config-dir"),
+               ("-c", "--cfg"), ("-p", "--package"), ("--experimental-rerun",)):
+    ap.add_argument(*flag)
+  ap.add_argument("-i", "--info", nargs="?")
+  return ap.parse_known_args(argv)[0]
+
+
 def precheck(argv: list[str]) -> None:
   """The overrides as Hydra will read them, checked first: Hydra's own errors take several
   lines (and exit 1), and by the time the job sees the values it has written its log file."""
-  from hydra._internal.utils import get_args_parser
   from hydra.core.override_parser.overrides_parser import OverridesParser
   from hydra.core.override_parser.types import OverrideType
   from hydra.errors import HydraException
@@ -28,7 +41,7 @@ def precheck(argv: list[str]) -> None:
   parser = OverridesParser.create()
   default = to_dict(ExperimentConfig())
   d: dict = {}
-  args = get_args_parser().parse_args(argv)
+  args = _command_line(argv)
   for arg in args.overrides:
     try:
       ov = parser.parse_override(arg)

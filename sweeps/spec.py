@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from core.config import ConfigError, ExperimentConfig, flatten, set_dotted
+from core.config import ConfigError, ExperimentConfig, flatten, parse_assignments, set_dotted
 from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
@@ -155,29 +155,17 @@ def load_sweep(path: str) -> dict[str, Any]:
   return spec
 
 
-def _parse_value(s: str) -> Any:
-  try:
-    return yaml.safe_load(s)
-  except yaml.YAMLError:
-    return s
-
-
 def parse_overrides(items: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
   """key=value strings -> (runner options: tier, seeds; config overrides, flat)."""
+  over = parse_assignments(items)
   opts: dict[str, Any] = {}
-  over: dict[str, Any] = {}
-  for it in items:
-    if "=" not in it:
-      raise ConfigError(f"override {it!r} is not of the form key=value")
-    k, v = it.split("=", 1)
-    if k == "tier":
-      opts[k] = v
-    elif k == "seeds":
-      if not v.isdigit() or int(v) < 1:
-        raise ConfigError(f"seeds={v!r} must be a positive integer, e.g. seeds=3")
-      opts[k] = int(v)
-    else:
-      over[k] = _parse_value(v)
+  if "tier" in over:
+    opts["tier"] = str(over.pop("tier"))
+  if "seeds" in over:
+    v = over.pop("seeds")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      raise ConfigError(f"seeds={v!r} must be a positive integer, e.g. seeds=3")
+    opts["seeds"] = v
   return opts, over
 
 
