@@ -24,15 +24,14 @@ Per arm (arms that share a trained model, i.e. a train_key, are one row):
     speed` is the reference's FLOPs/img over the arm's, the compute-bound expectation,
     available without measuring; `paper` is the paper's speed where it gives one.
 
-Writes results/cost/<sweep>_<tier>.json and .csv (analysis.make_tables takes its speed column
-from there when present). --table1 recomputes the paper's table 1 (SPEC section 3).
+Writes results/cost/<sweep>_<tier>.json and .csv (analysis.cost_report; analysis.make_tables
+takes its speed column from there when present). --table1 recomputes the paper's table 1
+(analysis.table1, SPEC section 3). XLA's figures themselves are analysis.xla_cost's.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
 import math
 import os
 import platform
@@ -42,9 +41,10 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from core.runio import write_json_atomic, write_text_atomic
+from analysis.cost_report import fmt_bytes, format_report, write_report
+from analysis.speed import percent_of, speed_references
+from analysis.xla_cost import MEMORY_FORMULA, free_memory, memory_figures, traced_flops
 
-MEMORY_FORMULA = "arguments + outputs + temporaries - aliased (XLA memory analysis, per device)"
 SAFETY = 0.8  # measure only if the step's memory is below this fraction of the free memory
 
 
@@ -58,103 +58,6 @@ class CostOptions:
   memory_limit: Optional[float] = None  # bytes free for the step; None: asked of the device
 
 
-# --- FLOPs: XLA's cost analysis, loops counted whole ------------------------------------
-
-def _cost_value(analysis, key: str = "flops") -> float:
-  # cost_analysis() is best effort: a dict, a list of one dict (older jax), or None.
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else None
-  if not analysis or key not in analysis:
-    return math.nan
-  return float(analysis[key])
-
-
-def _lowered_flops(closed_jaxpr) -> float:
-  import jax
-  from jax.extend.core import jaxpr_as_fun
-  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed_jaxpr.in_avals]
-  return _cost_value(jax.jit(jaxpr_as_fun(closed_jaxpr)).lower(*avals).cost_analysis())
-
-
-def loop_extra_flops(jaxpr) -> float:
-  """FLOPs that XLA's cost analysis leaves out of `jaxpr`: it counts a while loop's body
-  once, a scan runs it `length` times. Nested scans are handled by recursion."""
-  from jax.extend.core import jaxprs_in_params
-  extra = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "scan":
-      body = eqn.params["jaxpr"]
-      n = int(eqn.params["length"])
-      unroll = eqn.params.get("unroll", 1)
-      unroll = n if unroll is True else max(int(unroll), 1)
-      # An unrolled scan holds `unroll` copies in its loop body, plus the remainder.
-      counted = n if unroll >= n else unroll + n % unroll
-      inner = loop_extra_flops(body.jaxpr)
-      extra += (n - counted) * _lowered_flops(body) + n * inner
-    else:
-      for sub in jaxprs_in_params(eqn.params):
-        extra += loop_extra_flops(sub)
-  return extra
-
-
-def traced_flops(traced) -> float:
-  """FLOPs of a jax.stages.Traced function, every loop iteration counted (global, not per
-  device: the module is read before SPMD partitioning)."""
-  return _cost_value(traced.lower().cost_analysis()) + loop_extra_flops(traced.jaxpr.jaxpr)
-
-
-def matmul_peak(n: int = 2048, dtype: str = "float32", reps: int = 10) -> dict:
-  """The device's measured ceiling: FLOP/s of a jitted n x n matmul (2 n^3 FLOPs), the median
-  of `reps` timed calls after a warm-up, on the first device. Shares of it are what speed
-  figures are reported as (one run, one machine, side by side)."""
-  import jax
-  import jax.numpy as jnp
-  dev = jax.devices()[0]
-  a = jax.device_put(jnp.ones((n, n), dtype) * 0.01, dev)
-  f = jax.jit(lambda x: x @ x)
-  jax.block_until_ready(f(a))
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(f(a))
-    times.append(time.perf_counter() - t)
-  dt = float(np.median(times))
-  return {"n": n, "dtype": dtype, "seconds": dt, "flops_per_s": 2.0 * n ** 3 / dt,
-          "device": dev.device_kind}
-
-
-# --- memory --------------------------------------------------------------------------------
-
-def memory_figures(compiled) -> dict[str, float]:
-  """Per-device bytes of a compiled executable; `peak` is MEMORY_FORMULA."""
-  m = compiled.memory_analysis()
-  if m is None:
-    return {k: math.nan for k in ("arguments", "outputs", "temps", "aliased", "peak", "xla_peak")}
-  out = {"arguments": float(m.argument_size_in_bytes), "outputs": float(m.output_size_in_bytes),
-         "temps": float(m.temp_size_in_bytes), "aliased": float(m.alias_size_in_bytes)}
-  out["peak"] = out["arguments"] + out["outputs"] + out["temps"] - out["aliased"]
-  out["xla_peak"] = float(getattr(m, "peak_memory_in_bytes", 0) or math.nan)  # newer XLA only
-  return out
-
-
-def free_memory(devices) -> tuple[float, str]:
-  """Bytes the step may use and where that figure comes from. CPU devices (also XLA's fake
-  ones) share the host's memory, so the caller multiplies a per-device figure by their
-  number."""
-  d = devices[0]
-  stats = d.memory_stats() if hasattr(d, "memory_stats") else None
-  if stats and stats.get("bytes_limit"):
-    return float(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"{d.platform} bytes_limit"
-  try:
-    with open("/proc/meminfo") as f:
-      for line in f:
-        if line.startswith("MemAvailable:"):
-          return float(line.split()[1]) * 1024, "host MemAvailable"
-  except OSError:
-    pass
-  return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host memory"
-
-
 # --- one training step ---------------------------------------------------------------------
 
 def abstract_step_args(trainer, batch_size: int):
@@ -166,7 +69,7 @@ def abstract_step_args(trainer, batch_size: int):
                        trainer.state_sharding)
   cfg = trainer.cfg
   r, c = cfg.resolution, cfg.model.in_channels
-  # What core.data batches hold: float32 images in [-1, 1] and int32 labels.
+  # What core.pipeline batches hold: float32 images in [-1, 1] and int32 labels.
   batch = {"image": sds((batch_size, r, r, c), jnp.float32, sharding=trainer.batch_sharding),
            "label": sds((batch_size,), jnp.int32, sharding=trainer.batch_sharding)}
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -247,7 +150,7 @@ def step_cost(cfg, opts: CostOptions = CostOptions(), mesh=None,
   else:
     row.update(step_s=math.nan, img_per_s=math.nan, steps_timed=0)
     why = "--compile-only" if opts.measure is False else (
-        f"needs {_bytes(need)} > {SAFETY:.0%} of {_bytes(free)} free ({source})")
+        f"needs {fmt_bytes(need)} > {SAFETY:.0%} of {fmt_bytes(free)} free ({source})")
     row["measured"], row["mode"] = False, f"compiled ({why})"
   return row
 
@@ -338,18 +241,14 @@ def train_flops(row: dict, cfg) -> float:
 # --- a sweep -------------------------------------------------------------------------------
 
 def relative_speeds(rows: list[dict], reference: Optional[int]) -> None:
-  """Adds speed_pct (measured) and flops_speed_pct to each row, against rows[reference] or,
-  without one, the first row of the row's group."""
-  first: dict[str, int] = {}
-  for i, r in enumerate(rows):
-    first.setdefault(r["group"], i)
-  for i, r in enumerate(rows):
-    ref = rows[reference if reference is not None else first[r["group"]]]
+  """Adds speed_pct (measured) and flops_speed_pct to each row, against its reference
+  (analysis.speed: rows[reference], or the first row of the row's group)."""
+  for r, j in zip(rows, speed_references([r["group"] for r in rows], reference)):
+    ref = rows[j]
     r["reference"] = ref["arm"]
-    # ratio first: the reference row is then exactly 100 (100 * x / x can miss it by an ulp)
-    r["speed_pct"] = 100.0 * (r["img_per_s"] / ref["img_per_s"]) \
+    r["speed_pct"] = percent_of(r["img_per_s"], ref["img_per_s"]) \
         if r["measured"] and ref["measured"] else math.nan
-    r["flops_speed_pct"] = 100.0 * (ref["flops_per_image"] / r["flops_per_image"])
+    r["flops_speed_pct"] = percent_of(ref["flops_per_image"], r["flops_per_image"])
 
 
 def sweep_cost(path: str, tier: str = "paper", overrides: Optional[dict] = None,
@@ -420,179 +319,6 @@ def _environment(mesh) -> dict:
           "jax": jax.__version__, "memory_formula": MEMORY_FORMULA, "time": time.time()}
 
 
-# --- output --------------------------------------------------------------------------------
-
-def _bytes(n) -> str:
-  if n is None or not math.isfinite(n):
-    return ""
-  for div, unit in ((2 ** 40, "TiB"), (2 ** 30, "GiB"), (2 ** 20, "MiB"), (2 ** 10, "KiB")):
-    if abs(n) >= div:
-      return f"{n / div:.3g} {unit}"
-  return f"{n:.0f} B"
-
-
-def _si(n, unit: str = "") -> str:
-  if n is None or not math.isfinite(n):
-    return ""
-  for div, p in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-    if abs(n) >= div:
-      return f"{n / div:.3g} {p}{unit}"
-  return f"{n:.3g} {unit}".rstrip()
-
-
-def _pct(x) -> str:
-  return f"{x:.0f}%" if x is not None and math.isfinite(x) else ""
-
-
-def _num(x, fmt: str) -> str:
-  return format(x, fmt) if x is not None and math.isfinite(x) else ""
-
-
-TABLE_COLUMNS = ("group", "arm", "params", "FLOPs/img", "memory/dev", "step s", "img/s",
-                 "speed", "FLOP speed", "paper", "train FLOPs", "train h", "eval FLOPs",
-                 "eval h", "mode")
-
-
-def table_rows(report: dict) -> list[dict[str, str]]:
-  return [{"group": r["group"], "arm": r["arm"], "params": _si(r["params"]),
-           "FLOPs/img": _si(r["flops_per_image"]), "memory/dev": _bytes(r["memory"]["peak"]),
-           "step s": _num(r["step_s"], ".3g"), "img/s": _num(r["img_per_s"], ".3g"),
-           "speed": _pct(r["speed_pct"]), "FLOP speed": _pct(r["flops_speed_pct"]),
-           "paper": _pct(r["paper_speed_pct"]), "train FLOPs": _si(r.get("train_flops")),
-           "train h": _num(r.get("train_time_h"), ".3g"), "eval FLOPs": _si(r.get("eval_flops")),
-           "eval h": _num(r.get("eval_time_h"), ".3g"), "mode": r["mode"]}
-          for r in report["rows"]]
-
-
-def format_report(report: dict) -> str:
-  rows = table_rows(report)
-  widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in TABLE_COLUMNS}
-  right = set(TABLE_COLUMNS) - {"group", "arm", "mode"}
-  fmt = lambda vals: "  ".join(v.rjust(widths[c]) if c in right else v.ljust(widths[c])
-                               for c, v in zip(TABLE_COLUMNS, vals)).rstrip()
-  tier = f", tier {report['tier']}" if report["tier"] else ""
-  b = report["rows"][0]["batch"] if report["rows"] else 0
-  lines = [f"{report['title']}{tier} — {report['backend']} ({report['device_kind']}) x "
-           f"{report['devices']}, batch {b}", "",
-           fmt(TABLE_COLUMNS), fmt(["-" * widths[c] for c in TABLE_COLUMNS])]
-  lines += [fmt([r[c] for c in TABLE_COLUMNS]) for r in rows]
-  lines += ["", f"- FLOPs/img: XLA cost analysis of one training step (forward, backward, Adam, "
-            f"EMA) / batch; scan bodies counted per iteration.",
-            f"- memory/dev: {MEMORY_FORMULA}.",
-            f"- speed: measured img/s relative to {report['reference'] or 'the first arm of each group'}"
-            "; FLOP speed: the reference's FLOPs/img over the arm's; paper: the paper's speed column."]
-  hw = report.get("hardware")
-  if hw:
-    tot = lambda k: sum(r.get(k) or 0.0 for r in report["rows"])
-    lines += [f"- train / eval FLOPs: the whole training (step FLOPs x steps) / every evaluation "
-              "of the model's runs (samples x sampler steps x 2 with guidance x one forward);"
-              f" h: predicted hours on {hw['chips']} chips of {hw['tflops']:g} TFLOP/s at "
-              f"{hw['utilisation']:.0%} utilisation (--chips, --chip-tflops, --utilisation).",
-              f"- in all: training {_si(tot('train_flops'))}FLOP, {tot('train_time_h'):.3g} h; "
-              f"evaluation {_si(tot('eval_flops'))}FLOP, {tot('eval_time_h'):.3g} h."]
-  return "\n".join(lines) + "\n"
-
-
-CSV_COLUMNS = ("group", "arm", "run_ids", "train_key", "resolution", "arch", "batch",
-               "devices", "params", "flops_per_image", "memory_peak", "memory_arguments",
-               "memory_outputs", "memory_temps", "memory_aliased", "measured", "step_s",
-               "img_per_s", "steps_timed", "speed_pct", "flops_speed_pct", "paper_speed_pct",
-               "train_flops", "train_time_h", "eval_flops", "eval_time_h", "compile_s", "mode")
-
-
-def to_csv(report: dict) -> str:
-  buf = io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
-  w.writeheader()
-  for r in report["rows"]:
-    w.writerow({**r, "run_ids": ";".join(a["run_id"] for a in r["arms"]),
-                **{f"memory_{k}": v for k, v in r["memory"].items()}})
-  return buf.getvalue()
-
-
-def _json_safe(x):
-  # NaN is not JSON: figures that were not taken are null.
-  if isinstance(x, float) and not math.isfinite(x):
-    return None
-  if isinstance(x, dict):
-    return {k: _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  return x
-
-
-def write_report(report: dict, out_dir: str) -> list[str]:
-  """<out_dir>/<sweep>_<tier>.json and .csv (the name make_tables looks for)."""
-  name = f"{report['sweep']}_{report['tier']}" if report["tier"] else report["sweep"]
-  paths = [os.path.join(out_dir, f"{name}.json"), os.path.join(out_dir, f"{name}.csv")]
-  write_json_atomic(paths[0], _json_safe(report))
-  write_text_atomic(paths[1], to_csv(report))
-  return paths
-
-
-# --- table 1 -------------------------------------------------------------------------------
-
-def conv_layer_cost(batch: int, res: int, channels: int, k: int = 3,
-                    dtype: str = "bfloat16") -> dict:
-  """A k x k, `channels` -> `channels` convolution (SAME padding) on (batch, res, res,
-  channels), compile-only: XLA's FLOPs and memory beside the analytic counts."""
-  import jax
-  import jax.numpy as jnp
-  dt = jnp.dtype(dtype)
-  x = jax.ShapeDtypeStruct((batch, res, res, channels), dt)
-  w = jax.ShapeDtypeStruct((k, k, channels, channels), dt)
-  conv = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  lowered = jax.jit(conv).lower(x, w)
-  mem = memory_figures(lowered.compile())
-  macs = batch * res * res * channels * channels * k * k
-  return {"batch": batch, "resolution": res, "channels": channels, "k": k, "dtype": dtype,
-          "kernel_bytes": k * k * channels * channels * dt.itemsize,
-          "kernel_bytes_f32": k * k * channels * channels * 4,
-          "feature_map_bytes": batch * res * res * channels * dt.itemsize,
-          "flops_analytic": 2.0 * macs, "macs": float(macs),
-          "flops_xla": _cost_value(lowered.cost_analysis()), "xla_memory": mem}
-
-
-def table1(batch: Optional[int] = None) -> list[dict]:
-  """SPEC table 1's two layers, recomputed (compile-only)."""
-  from analysis.paper_numbers import TABLE1, TABLE1_BATCH
-  return [{**p, **conv_layer_cost(batch or TABLE1_BATCH, p["resolution"], p["channels"])}
-          for p in TABLE1]
-
-
-def format_table1(rows: list[dict]) -> str:
-  cols = ("layer", "kernel", "feature map", "FLOPs (XLA)", "2·N·H·W·C²·k²", "MACs",
-          "XLA args / output", "paper: kernel, map, TFLOPs")
-  body = [(r["layer"].replace("B,", f"{r['batch']},"),
-           f"{_bytes(r['kernel_bytes'])} ({_bytes(r['kernel_bytes_f32'])} f32)",
-           _bytes(r["feature_map_bytes"]), _si(r["flops_xla"]), _si(r["flops_analytic"]),
-           f"{_si(r['macs'])} = {r['macs'] / 2 ** 40:.2f} Ti",
-           f"{_bytes(r['xla_memory']['arguments'])} / {_bytes(r['xla_memory']['outputs'])}",
-           f"{r['kernel_mb']:g} MB, {r['feature_map_gb']:g} GB, {r['tflops']:g}") for r in rows]
-  widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
-  line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()
-  r0 = rows[0]
-  ratio = rows[1]["kernel_bytes"] / rows[0]["kernel_bytes"]
-  bpw = r0["kernel_mb"] * 1e6 / (r0["kernel_bytes"] / 2)
-  out = [f"Table 1 recomputed: one {r0['k']}x{r0['k']} convolution (SAME padding), batch "
-         f"{r0['batch']}, {r0['dtype']}, compile-only (nothing allocated)", "",
-         line(cols), line(["-" * w for w in widths]), *(line(b) for b in body), "",
-         "- feature map: the layer's output in bfloat16, binary units: the paper's 16 GB and "
-         "0.5 GB are these GiB.",
-         "- FLOPs: XLA counts 2 per multiply-add and skips the taps that fall on SAME padding "
-         "(hence a little under 2·N·H·W·C²·k², more so at 16x16). The paper's '9' and '2.3' "
-         "TFLOPs are multiply-adds in units of 2^40 (9.0 Ti, 2.25 Ti), i.e. half the FLOPs.",
-         f"- kernel: {r0['k']}x{r0['k']}x{r0['channels']}x{r0['channels']} = "
-         f"{r0['kernel_bytes'] // 2:,} weights = {_bytes(r0['kernel_bytes'])} in bfloat16. "
-         f"SPEC's {r0['kernel_mb']:g} MB (and {rows[1]['kernel_mb']:g} MB) is 10x that (the "
-         f"ratio between the rows, {ratio:.0f}x, is right); it would take {bpw:.0f} bytes a "
-         "weight. A decimal slip in the paper or its transcription: 0.28 MiB and 18 MiB.",
-         "- XLA args / output: XLA's memory analysis of the compiled layer (input + kernel / "
-         "output), per device."]
-  return "\n".join(out) + "\n"
-
-
 # --- command line --------------------------------------------------------------------------
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -625,6 +351,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--out", help="output folder (default RESULTS/cost)")
   ap.add_argument("--no-write", action="store_true", help="print only")
   a = ap.parse_intermixed_args(argv)
+  from core.devices import setup
+  setup()
   from core.config import ConfigError
   for name, v, least in (("--batch", a.batch, 1), ("--resolution", a.resolution, 1),
                          ("--measure-steps", a.measure_steps, 1), ("--warmup", a.warmup, 0)):
@@ -641,6 +369,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       return 2
   try:
     if a.table1:
+      from analysis.table1 import format_table1, table1
       print(format_table1(table1()))
       if not a.args and not a.preset:
         return 0

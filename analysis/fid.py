@@ -19,6 +19,16 @@ import argparse
 import sys
 import time
 import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from core import fid as F
+from core.features import extract_features
+from core.images import IMAGE_EXTS, ImageModeError, image_files, to_rgb8
+from core.reference import load_stats, save_stats
+from core.sources import subset
 
 
 def _parser():
@@ -41,6 +51,126 @@ def _parser():
   return ap
 
 
+# ----------------------------------------------------------------------------------------------
+# What a path on the command line holds
+
+
+def list_images(folder) -> list[Path]:
+  """Image files under folder (recursive), sorted by relative path: core.images.image_files,
+  the folder source's reader."""
+  return [Path(folder) / f for f in image_files(str(folder), recursive=True)]
+
+
+def _load_rgb(path: Path) -> np.ndarray:
+  from PIL import Image
+  with Image.open(path) as im:
+    try:
+      return np.asarray(to_rgb8(im), np.uint8)
+    except ImageModeError as e:
+      raise ImageModeError(f"{path}: {e}") from None
+
+
+def iterate_image_files(files: list, batch_size: int) -> Iterator[np.ndarray]:
+  """uint8 (N, H, W, 3) batches; a batch closes early where the image size changes."""
+  batch: list = []
+  for f in files:
+    im = _load_rgb(Path(f))
+    if batch and im.shape != batch[0].shape:
+      yield np.stack(batch)
+      batch = []
+    batch.append(im)
+    if len(batch) == batch_size:
+      yield np.stack(batch)
+      batch = []
+  if batch:
+    yield np.stack(batch)
+
+
+def iterate_arrays(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+  for i in range(0, len(images), batch_size):
+    yield images[i: i + batch_size]
+
+
+def _as_uint8_nhwc(images, where: str) -> np.ndarray:
+  images = np.asarray(images)
+  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+    images = images.transpose(0, 2, 3, 1)  # NCHW
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"{where}: expected images of shape (N, H, W, 3), got {images.shape}")
+  if images.dtype != np.uint8:
+    if np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 255:
+      raise ValueError(f"{where}: images must be uint8 in [0, 255], got {images.dtype}")
+    images = images.astype(np.uint8)
+  return images
+
+
+def load_npz(path) -> dict:
+  """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of statistics ->
+  core.reference.load_stats's dict (an ADM evaluator reference batch is statistics)."""
+  path = Path(path)
+  with np.load(path) as z:
+    keys = set(z.files)
+    if keys & {"mu", "sigma", "mu_s", "sigma_s"}:
+      return load_stats(path)
+    for key in ("images", "arr_0"):
+      if key in keys:
+        return {"images": _as_uint8_nhwc(z[key], str(path))}
+  raise ValueError(f"{path}: an .npz needs 'images'/'arr_0' (uint8 NHWC) or 'mu' and 'sigma'")
+
+
+class Input:
+  """What a path on the command line holds: statistics, or images (files or an array) to run
+  through the network at their own size."""
+
+  def __init__(self, path, *, stats: dict | None = None, files: list | None = None,
+               images: np.ndarray | None = None):
+    self.path, self.stats, self.files, self.images = Path(path), stats, files, images
+
+  @property
+  def count(self) -> int:
+    if self.stats is not None:
+      return int(self.stats["count"])
+    return len(self.files) if self.files is not None else len(self.images)
+
+  def batches(self, batch_size: int, num: int | None = None) -> Iterator[np.ndarray]:
+    if self.files is not None:
+      return iterate_image_files(self.files[:num], batch_size)
+    return iterate_arrays(self.images[:num], batch_size)
+
+
+def open_source(path, num: int | None = None) -> Input:
+  """An image folder, an .npz of images, or a statistics .npz. Errors name the path."""
+  p = Path(path)
+  if not p.exists():
+    raise FileNotFoundError(f"{path}: no such file or directory")
+  if p.is_dir():
+    files = list_images(p)
+    if not files:
+      raise ValueError(f"{path}: no {'/'.join(IMAGE_EXTS)} images in this folder")
+    return Input(p, files=subset(files, num))
+  if p.suffix.lower() == ".npz":
+    try:
+      data = load_npz(p)
+    except (OSError, EOFError) as e:
+      raise ValueError(f"{path}: unreadable .npz ({e})") from None
+    if "images" in data:
+      if len(data["images"]) == 0:
+        raise ValueError(f"{path}: holds no images")
+      return Input(p, images=data["images"][subset(np.arange(len(data["images"])), num)])
+    return Input(p, stats=data)
+  if p.suffix.lower() in IMAGE_EXTS:
+    return Input(p, files=[p])
+  raise ValueError(f"{path}: not an image folder, an .npz of images or a statistics .npz")
+
+
+def source_features(source: Input, extractor, *, batch_size: int = 50, num: int | None = None,
+                    logits: bool = False, spatial: bool = False,
+                    progress: bool = True) -> dict[str, np.ndarray]:
+  return extract_features(source.batches(batch_size, num), extractor, total=source.count, num=num,
+                          logits=logits, spatial=spatial, desc=source.path.name or str(source.path),
+                          progress=progress)
+
+
 LOAD_BATCH = 50  # images read and decoded a batch; the Inception batch is --batch-size
 
 
@@ -51,7 +181,6 @@ def _fail(msg: str) -> int:
 
 def _check_pair(path, stats: dict, mu_key: str, sigma_key: str, what: str, nan_what: str):
   """Why stats[mu_key], stats[sigma_key] are not a mean (D,) and a finite covariance (D, D)."""
-  import numpy as np
   mu, sigma = np.asarray(stats[mu_key]), np.asarray(stats[sigma_key])
   if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)):
     return (f"{path}: {what} need {mu_key} of shape (D,) and {sigma_key} (D, D), got {mu.shape} "
@@ -70,11 +199,10 @@ def _check_stats(path, stats: dict) -> str | None:
 
 
 def _bad_image(files) -> object:
-  """The first of files that does not decode (core.fid's error names only the folder)."""
-  from core import fid as F
+  """The first of files that does not decode (the batch reader's error names only the folder)."""
   for f in files:
     try:
-      next(F.iterate_image_files([f], 1))
+      next(iterate_image_files([f], 1))
     except (OSError, ValueError):
       return f
   return None
@@ -90,15 +218,13 @@ def main(argv=None) -> int:
     return _fail("--kid needs PATH_B")
   if args.kid_subsets < 1 or args.kid_subset_size < 2:
     return _fail("--kid-subsets must be positive and --kid-subset-size at least 2")
-
-  from core import fid as F
   sources = []
   for p in (args.path_a, args.path_b):
     if p is None:
       sources.append(None)
       continue
     try:
-      sources.append(F.open_source(p, num=args.num))
+      sources.append(open_source(p, num=args.num))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__   # np.load's: no path
       return _fail(msg if msg.startswith(str(p)) else
@@ -124,7 +250,10 @@ def main(argv=None) -> int:
 
   extractor = None
   if any(s is not None and s.stats is None for s in sources):
-    from core.inception import InceptionExtractor, InceptionWeightsNotFound, load_inception_params
+    from core.devices import setup
+    setup()
+    from core.features import InceptionExtractor
+    from core.inception_weights import InceptionWeightsNotFound, load_inception_params
     try:
       extractor = InceptionExtractor(args.weights, need_logits=args.inception_score,
                                      batch_size=args.batch_size, verbose=not args.quiet,
@@ -150,7 +279,7 @@ def main(argv=None) -> int:
       continue
     t = time.perf_counter()
     try:
-      feats = F.source_features(src, extractor, batch_size=args.batch_size or LOAD_BATCH,
+      feats = source_features(src, extractor, batch_size=args.batch_size or LOAD_BATCH,
                                 num=args.num,
                                 logits=args.inception_score and i == 0, spatial=True,
                                 progress=not args.quiet)
@@ -181,7 +310,7 @@ def main(argv=None) -> int:
 
   for st, out in ((stats[0], args.save_stats), (stats[1], args.save_stats_b)):
     if out is not None:
-      F.save_stats(out, st)
+      save_stats(out, st)
       print(f"saved statistics to {out}", file=sys.stderr)
   if stats[1] is not None:
     print(f"FID: {F.fid_from_stats(stats[0], stats[1]):.4f}")

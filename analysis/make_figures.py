@@ -375,10 +375,8 @@ def training_curves(sweep: Sweep) -> list[dict]:
   for _, r in runs.iterrows():
     if r["state"] == "missing":
       continue
-    train, evals = run_metrics(r["dir"])
+    train = run_metrics(r["dir"])
     fid = pd.DataFrame(columns=["step", "fid_train"])
-    if len(evals) and "fid_train" in evals:
-      fid = evals[["step", "fid_train"]].dropna()
     if finite(r["fid_train"]):
       step = r["eval_step"] if finite(r["eval_step"]) else (
           train["step"].max() if len(train) else 0)
@@ -482,7 +480,7 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
 def _read_image(path: str, max_side: int = 768) -> Optional[np.ndarray]:
   try:
     from PIL import Image
-    from core.data import to_rgb8
+    from core.images import to_rgb8
     with Image.open(path) as im:
       im = to_rgb8(im)
       if max(im.size) > max_side:   # paper-tier grids are huge; a figure cell needs little

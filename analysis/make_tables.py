@@ -20,7 +20,8 @@ RESULTS/tables/ (or --out) and prints the Markdown. A RESULTS folder without any
 a one-line note and exits 0 (there is nothing to tabulate yet); a RESULTS path that does not
 exist is an error (exit 2).
 
-Relative training speed: where RESULTS/cost/<sweep>.json exists (python -m analysis.cost), its
+Relative training speed (one rule, analysis.speed: against the sweep's reference arm, else the
+first arm of each group): where RESULTS/cost/<sweep>.json exists (python -m analysis.cost), its
 measured step speeds, taken under the same conditions for every arm, replace the runs' own
 img/s (which include data loading and may come from different machines).
 """
@@ -269,15 +270,14 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
     notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "
                  f"analysis.cost), relative to {cost['reference'] or 'the first arm of each group'}"
                  " (= 100%); blank where that report only compiled the step.")
-  elif ref is None:
-    notes.append("speed: no reference run in sweep.json, so relative speed is left blank.")
   else:
     refs = summ[summ["is_reference"]]
-    who = f"{refs.iloc[0]['arm']} @ {refs.iloc[0]['group']}" if len(refs) else ref
+    who = (f"the arm {refs.iloc[0]['arm']} @ {refs.iloc[0]['group']}" if len(refs) else
+           "the first arm of each group")
     if len(refs) and refs.iloc[0]["seeds"] == 0:
       notes.append(f"speed: the reference arm ({who}) has no finished run yet.")
     else:
-      notes.append(f"speed: training images per second relative to the arm {who} (= 100%), "
+      notes.append(f"speed: training images per second relative to {who} (= 100%), "
                    "each the mean over its finished seeds.")
   notes.append("seeds: finished runs (state done, with eval.json) that the numbers average.")
   drawn = sorted({str(x) for x in sweep.runs.get("sampler", pd.Series(dtype=object)).dropna()})

@@ -4,7 +4,7 @@
   s = sweeps[0]; s.runs                   # one row per run listed in sweep.json
   arm_summary(s)                          # one row per (group, arm): seeds aggregated
   group_floors(s)                         # one row per group (and sample count): the data floor
-  train, evals = run_metrics(s.run_dir(run_id))
+  train = run_metrics(s.run_dir(run_id))   # training rows of the run's (last) model
 
 Nothing here raises on a partial folder: a missing run folder is state "missing", an unreadable
 status.json counts as "pending" (or "done" if eval.json is there), a torn metrics.jsonl line is
@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from analysis.speed import percent_of, speed_references
 from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
@@ -211,18 +212,31 @@ def make_out_dir(out: str) -> Optional[str]:
   return None
 
 
-def run_metrics(run_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-  """(training rows, evaluation rows) of a run's metrics.jsonl, sorted by step."""
-  rows = [r for r in read_jsonl(os.path.join(run_dir, "metrics.jsonl")) if isinstance(r, dict)]
-  train = [r for r in rows if r.get("kind", "train") != "eval" and "loss" in r]
-  evals = [r for r in rows if r.get("kind") == "eval"]
-  def frame(rs):
-    df = pd.DataFrame(rs)
-    if "step" in df:
-      df = df[pd.to_numeric(df["step"], errors="coerce").notna()]
-      df = df.sort_values("step", kind="stable").reset_index(drop=True)
-    return df
-  return frame(train), frame(evals)
+def metrics_path(run_dir: str) -> Optional[str]:
+  """The metrics.jsonl of a run's (last stage's) trained model: in the model directory that
+  its eval.json, or while it trains its status.json, names last in "model_dirs" (relative to
+  the run), or the run folder's own (a `python -m core.train` run, or a run of an older sweep,
+  which copied it there)."""
+  own = os.path.join(run_dir, "metrics.jsonl")
+  if os.path.isfile(own):
+    return own
+  for name in ("eval.json", "status.json"):
+    st = read_json(os.path.join(run_dir, name))
+    dirs = st.get("model_dirs") if isinstance(st, dict) else None
+    if isinstance(dirs, list) and dirs:
+      return os.path.normpath(os.path.join(run_dir, str(dirs[-1]), "metrics.jsonl"))
+  return None
+
+
+def run_metrics(run_dir: str) -> pd.DataFrame:
+  """The training rows of a run's model (metrics_path), sorted by step; empty without them."""
+  path = metrics_path(run_dir)
+  rows = [r for r in read_jsonl(path) if isinstance(r, dict) and "loss" in r] if path else []
+  df = pd.DataFrame(rows)
+  if "step" in df:
+    df = df[pd.to_numeric(df["step"], errors="coerce").notna()]
+    df = df.sort_values("step", kind="stable").reset_index(drop=True)
+  return df
 
 
 def arm_order(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -279,16 +293,12 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
   report it, `<m>_n` how many do (an older eval.json has no KID), `<m>_std` their sample
   standard deviation (ddof=1) and `<m>_ci95` the 95% confidence half-width (ci95; both NaN
   below two seeds); is_split_std and kid_<split>_subset_std the Inception-split and KID-subset
-  std of a single seed; speed the arm's mean img/s over the reference arm's, in percent.
+  std of a single seed; speed the arm's mean img/s in percent of its reference arm's
+  (analysis.speed: the sweep's reference arm, else the first arm of its group).
   """
   runs = sweep.runs
   rows = []
-  ref_speed = math.nan
   ref = sweep.reference
-  if ref is not None and len(runs) and (runs["run_id"] == ref).any():
-    rr = runs[runs["run_id"] == ref].iloc[0]
-    ref_arm = runs[(runs["group"] == rr["group"]) & (runs["arm"] == rr["arm"]) & runs["has_eval"]]
-    ref_speed = _mean_std(ref_arm["train_img_per_s"])[0]
   for g, a in arm_order(runs) if len(runs) else []:
     sub = runs[(runs["group"] == g) & (runs["arm"] == a)]
     done = sub[sub["has_eval"]]
@@ -310,10 +320,12 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
     row["minutes"] = _mean_std(total / 60.0)[0]
     img_s = _mean_std(done["train_img_per_s"])[0]
     row["train_img_per_s"] = img_s
-    row["speed"] = 100.0 * img_s / ref_speed if ref_speed and ref_speed > 0 else math.nan
     row["guidance_scale"] = _mean_std(sub["guidance_scale"])[0]
     row["is_reference"] = ref is not None and ref in row["run_ids"]
     rows.append(row)
+  ref_row = next((i for i, r in enumerate(rows) if r["is_reference"]), None)
+  for r, j in zip(rows, speed_references([r["group"] for r in rows], ref_row)):
+    r["speed"] = percent_of(r["train_img_per_s"], rows[j]["train_img_per_s"])
   cols = ["group", "arm", "state", "seeds", "runs",
           *(f"{k}{s}" for k in METRICS for s in ("", "_std", "_ci95", "_n")),
           "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params", "minutes",

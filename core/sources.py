@@ -36,7 +36,7 @@ import numpy as np
 
 from core.config import ConfigError, DataConfig, check_choice
 from core.images import (IMAGE_EXTS, UPSAMPLE_FILTERS, array_to_image, decode_image,
-                         is_image_name, upsample)
+                         image_files, upsample)
 from core.registry import Registry
 from core.runio import cache_dir
 from core.shapes import ShapesSource
@@ -116,15 +116,9 @@ def _scan(split_dir: str, classes: list[str]):
     top = os.path.join(split_dir, cls) if cls else split_dir
     if not os.path.isdir(top):
       continue
-    found = []
-    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
-      mtimes[dirpath] = os.stat(dirpath).st_mtime_ns
-      # A flat folder (one class, cls == '') must not descend into anything else.
-      dirnames[:] = [] if not cls else sorted(d for d in dirnames if not d.startswith("."))
-      found += [os.path.relpath(os.path.join(dirpath, f), split_dir) for f in filenames
-                if not f.startswith(".") and is_image_name(f)]
-    found.sort()
-    files += found
+    # A flat folder (one class, cls == '') must not descend into anything else.
+    found = image_files(top, recursive=bool(cls), mtimes=mtimes)
+    files += [os.path.join(cls, f) if cls else f for f in found]
     labels += [label] * len(found)
   return files, labels, mtimes
 
@@ -535,12 +529,20 @@ def make_source(cfg: DataConfig, resolution: int, split: str) -> Source:
   return src
 
 
+def subset(items, num: Optional[int]):
+  """`num` items drawn at random (seed 0, order kept): a class-sorted folder cut to its first
+  `num` files would hold only its first classes and inflate the FID."""
+  if num is None or num >= len(items):
+    return items
+  keep = np.sort(np.random.default_rng(0).choice(len(items), num, replace=False))
+  return [items[i] for i in keep] if isinstance(items, list) else items[keep]
+
+
 def reference_indices(n_split: int, num: int) -> np.ndarray:
   """The images of a split that reference statistics use: all, or a fixed random subset of
   `num` in index order (the first `num` of a class-sorted folder would be its first classes)."""
   if num >= n_split:
     return np.arange(n_split)
-  from core.fid import subset
   return subset(np.arange(n_split), num)
 
 

@@ -1,7 +1,9 @@
 """The training engine: one jitted step over a device Mesh, orbax checkpoints, JSONL metrics.
 
-`train(cfg, workdir)` is what the sweep runner calls; `python -m core.train key=value ...` is
-the same through Hydra. Data parallel over the mesh axis 'data'; with train.fsdp the
+`train(cfg, model_dir)` writes a model directory (config.yaml, ckpt/, metrics.jsonl) and
+nothing else; `restore_ema(cfg, model_dir)` is what evaluation reads back from it (the EMA
+parameters of the newest checkpoint, without the data pipeline). `python -m core.train
+key=value ...` is train() through Hydra. Data parallel over the mesh axis 'data'; with train.fsdp the
 parameters, EMA and optimiser state are sharded over that axis too. Randomness of step k is
 fold_in(key, k), and the data iterator's state is checkpointed, so a resumed run reproduces an
 uninterrupted one.
@@ -24,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from core import pipeline
 from core import models
 from core.conditioning import make_task
-from core.devices import make_mesh  # noqa: F401  (re-exported: tests and scripts use it)
+from core.devices import make_mesh
 from core.config import ExperimentConfig, OptimConfig, to_dict
 from core.diffusion import diffusion_loss
 from core.metrics import MetricsWriter, check_backends, images_per_s
@@ -177,7 +179,8 @@ class Trainer:
 _CPU_HANDLER = []
 
 
-def _checkpoint_manager(workdir: str, cfg: ExperimentConfig):
+def checkpoint_manager(workdir: str, cfg: ExperimentConfig):
+  """The orbax manager of workdir/ckpt (made if absent; keeps train.keep_ckpts)."""
   import orbax.checkpoint as ocp
   if jax.default_backend() == "cpu" and not _CPU_HANDLER:
     # CPU devices share host memory, so orbax's replica-parallel saving (its default off GPU)
@@ -247,7 +250,58 @@ class TrainResult:
   train_time_s: float
 
 
-def _maybe_init_distributed(cfg: ExperimentConfig) -> None:
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+  """What evaluation needs of a trained model directory: its EMA parameters and the model
+  function (apply, schedule, task) that samples with them; no optimiser, no data."""
+  cfg: ExperimentConfig
+  params: Any           # the EMA parameters
+  step: int
+  train_time_s: float   # training seconds up to this checkpoint, over every segment
+  num_params: int
+  apply: Callable
+  schedule: Any
+  task: Any
+
+
+def trained_step(cfg: ExperimentConfig, model_dir: str) -> int:
+  """The step of model_dir's newest checkpoint (0: none), read without restoring it: a model
+  at cfg.train.steps is finished and is not rebuilt to be evaluated."""
+  if not os.path.isdir(os.path.join(model_dir, "ckpt")):
+    return 0
+  mngr = checkpoint_manager(model_dir, cfg)
+  try:
+    return max(mngr.all_steps(), default=0)
+  finally:
+    mngr.close()
+
+
+def restore_ema(cfg: ExperimentConfig, model_dir: str,
+                log: Callable[[str], None] = print) -> TrainedModel:
+  """The EMA parameters of model_dir's newest readable checkpoint (older ones where it is not),
+  as a TrainedModel. A ConfigError names the folder where there is no checkpoint."""
+  trainer = Trainer(cfg)
+  mngr = checkpoint_manager(model_dir, cfg)
+  try:
+    state, data = restore_latest(mngr, trainer, log)
+  finally:
+    mngr.close()
+  if state is None:
+    from core.config import ConfigError
+    raise ConfigError(f"{model_dir}/ckpt has no readable checkpoint")
+  return trained_model(trainer, state, float(data.get("train_time_s", 0.0)))
+
+
+def trained_model(trainer: Trainer, state: TrainState, train_time_s: float = 0.0) -> TrainedModel:
+  """A trainer's state as a TrainedModel (its EMA parameters)."""
+  return TrainedModel(cfg=trainer.cfg, params=state.ema_params, step=int(state.step),
+                      train_time_s=train_time_s,
+                      num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
+                      apply=trainer.apply, schedule=trainer.schedule, task=trainer.task)
+
+
+def init_distributed(cfg: ExperimentConfig) -> None:
+  """jax.distributed.initialize() where train.distributed asks (once per process)."""
   t = cfg.train
   if not t.distributed or jax.distributed.is_initialized():
     return
@@ -270,7 +324,7 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
   raises LockHeld at once, or after this many seconds of waiting for it (math.inf: until it is
   done, then this call resumes from what it wrote). A multi-process run is owned by its launch.
   """
-  _maybe_init_distributed(cfg)
+  init_distributed(cfg)
   if jax.process_count() > 1:
     return _train(cfg, workdir, mesh, stop_after, log, on_log)
   with DirLock(workdir, wait_s=lock_wait_s, on_wait=log):
@@ -294,7 +348,7 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
                              process_index=jax.process_index(), process_count=nproc,
                              progress=tc.progress and is_main)
   it = iter(ds)
-  mngr = _checkpoint_manager(workdir, cfg)
+  mngr = checkpoint_manager(workdir, cfg)
   state, data = restore_latest(mngr, trainer, log)
   time_before = 0.0   # training seconds of earlier segments, so that a resumed run counts all
   if state is None:
@@ -359,7 +413,9 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
 
 def main(argv=None) -> None:
   """Hydra entry point: python -m core.train model.preset=unet_tiny train.steps=100 ..."""
+  from core.devices import setup
   from core.hydra_entry import run_hydra
+  setup()
   run_hydra(lambda cfg, workdir: train(cfg, workdir), argv)
 
 

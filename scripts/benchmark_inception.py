@@ -3,7 +3,7 @@
     python scripts/benchmark_inception.py [--per-device 1,4,16,32] [--reps 3]
 
 For each batch per device and each compile variant (XLA's default, and without YNNPACK's
-fusions: core.inception.CPU_COMPILER_OPTIONS), alternating so that a load that comes and goes
+fusions: core.features.CPU_COMPILER_OPTIONS), alternating so that a load that comes and goes
 falls on all of them: images/s, GFLOP/s (XLA's count of the network's FLOPs) and the share of
 the float32 matmul ceiling measured in the same run, and the largest difference of the pool_3
 features from the first variant's, relative to their largest value (must stay below 1e-5).
@@ -21,6 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--per-device", default="1,4,16,32", help="batch per device, comma-separated")
   ap.add_argument("--reps", type=int, default=3, help="timed calls per variant and batch")
@@ -28,9 +30,10 @@ def main(argv=None) -> int:
   import jax
   import numpy as np
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from analysis.cost import matmul_peak, traced_flops
+  from analysis.xla_cost import matmul_peak, traced_flops
   from core.devices import make_mesh
-  from core.inception import CPU_COMPILER_OPTIONS, InceptionV3
+  from core.features import CPU_COMPILER_OPTIONS
+  from core.inception import InceptionV3
   from core.inception_weights import load_inception_params
   net = InceptionV3(with_logits=False)
   try:

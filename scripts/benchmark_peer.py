@@ -183,6 +183,8 @@ def describe(m: Match) -> str:
 
 
 def main(argv=None) -> int:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--peer-python", default=sys.executable,
                   help="python of the venv that has torch and denoising-diffusion-pytorch")

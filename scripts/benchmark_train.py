@@ -60,13 +60,15 @@ def bench_grad_only(preset: str, res: int, batch: int, steps: int) -> dict:
 
 
 def main() -> None:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--steps", type=int, default=10)
   ap.add_argument("--paper", default="unet128")
   ap.add_argument("--skip-paper", action="store_true")
   ap.add_argument("--skip-small", action="store_true", help="the paper preset's row only")
   a = ap.parse_args()
-  from analysis.cost import matmul_peak
+  from analysis.xla_cost import matmul_peak
   print(f"devices: {jax.devices()}")
   peak = matmul_peak(2048, "float32")["flops_per_s"]   # the ceiling, measured in this run
   print(f"ceiling: float32 matmul 2048^2, {peak / 1e9:.0f} GFLOP/s")

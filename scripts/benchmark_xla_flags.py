@@ -36,10 +36,12 @@ def _tier_cfgs():
 
 
 def child(quick: bool) -> dict:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   import jax
   import numpy as np
-  from analysis.cost import matmul_peak
-  from core import data as data_lib
+  from analysis.xla_cost import matmul_peak
+  from core import pipeline as data_lib
   from core.config import replace
   from core.experiment import resolve
   from core.train import Trainer

@@ -49,7 +49,7 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
   import numpy as np
   from analysis.cost import forward_flops
   from core.config import replace
-  from core.evaluate import make_sampler
+  from core.generate import make_sampler
   from core.train import Trainer
   cfg = replace(cfg, **{"sampler.steps": steps})
   tr = Trainer(cfg)
@@ -68,7 +68,8 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
 def inception_row(batch: int, reps: int, peak: float) -> dict:
   import jax
   import numpy as np
-  from core.inception import InceptionExtractor, InceptionV3
+  from core.features import InceptionExtractor
+  from core.inception import InceptionV3
   net = InceptionV3(with_logits=False)
   x = np.zeros((1, 299, 299, 3), np.float32)
   params = jax.jit(lambda k: net.init(k, x))(jax.random.key(0))["params"]
@@ -78,7 +79,7 @@ def inception_row(batch: int, reps: int, peak: float) -> dict:
   ext(imgs)
   compile_s = time.perf_counter() - t
   dt = _timed(lambda: ext(imgs)["pool"], reps)
-  from analysis.cost import traced_flops
+  from analysis.xla_cost import traced_flops
   pre = jax.numpy.zeros((batch, 299, 299, 3))
   fl = traced_flops(jax.jit(lambda p, v: net.apply({"params": p}, v)).trace(params, pre)) / dt
   return {"what": "Inception pool_3 (FID features)", "batch": batch, "flop_per_s": fl,
@@ -86,6 +87,8 @@ def inception_row(batch: int, reps: int, peak: float) -> dict:
 
 
 def main(argv=None) -> int:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--tiny", action="store_true", help="CPU-sized models (a test of the script)")
   ap.add_argument("--blocks", type=int, default=12,
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
   ap.add_argument("--out", default="", help="write the figures as JSON here")
   a = ap.parse_args(argv)
   import jax
-  from analysis.cost import matmul_peak
+  from analysis.xla_cost import matmul_peak
   from core.experiment import resolve
   gpu = jax.default_backend() != "cpu"
   dtype = "bfloat16" if gpu and not a.tiny else "float32"

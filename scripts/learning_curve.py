@@ -41,10 +41,13 @@ def main(argv=None) -> int:
 
   import jax
   import numpy as np
-  from core import data as data_lib
-  from core.evaluate import (box_downsample, content_figures, floor_metrics, generate,
-                             inception_extractor, reference_figures, sample_metrics, save_grid,
-                             scored_content)
+  from core import pipeline as data_lib
+  from core.evaluate import content_figures, scored_content
+  from core.features import inception_extractor
+  from core.fid import floor_metrics, sample_metrics
+  from core.generate import generate
+  from core.images import save_grid
+  from core.reference import box_downsample, reference_figures
   from core.experiment import resolve
   from core.train import Trainer
 

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def step_flops(cfg) -> float:
   """FLOPs of one training step at cfg's batch (global), from the lowered program."""
-  from analysis.cost import abstract_step_args, traced_flops
+  from analysis.cost import abstract_step_args
+  from analysis.xla_cost import traced_flops
   from core.train import Trainer
   tr = Trainer(cfg)
   return traced_flops(tr.step.trace(*abstract_step_args(tr, cfg.train.batch_size)))

@@ -5,7 +5,7 @@
         [--calls 10] [--skip-sample]
 
 Profiles (jax.profiler) the full training step of core.train and one call of the sampler
-(core.evaluate.make_sampler, DDPM at the given steps), and sums each XLA op's time, over all
+(core.generate.make_sampler, DDPM at the given steps), and sums each XLA op's time, over all
 devices, into kinds read from the op's HLO name and op_name: convolutions (forward, and their
 gradients), GroupNorm, swish, attention, dense layers, random numbers, the cross-device
 all-reduce with its waits, copies, and the rest (Adam, EMA, loss, schedules). Defaults are the
@@ -149,6 +149,8 @@ def collective_cost(cfg, batch: int, rounds: int = 5, calls: int = 10) -> tuple[
 
 
 def main() -> None:
+  from core.devices import setup
+  setup()   # devices and the compilation cache, before JAX starts
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--preset", default="unet_tiny")
   ap.add_argument("--resolution", type=int, default=16)
@@ -179,7 +181,7 @@ def main() -> None:
           f"{alone * 1e3:.1f} ms with each device running its {a.batch // n_dev} images alone "
           f"(no all-reduce): the collective and its waits cost {1 - alone / spmd:.1%} of the step")
   if not a.skip_sample:
-    from core.evaluate import make_sampler
+    from core.generate import make_sampler
     params = trainer.init(jax.random.key(0)).params
     draw = make_sampler(trainer, params, cfg, a.sample_batch)
     labels = np.arange(a.sample_batch) % 10

@@ -7,7 +7,7 @@ Each quoted argument is one setting (space-separated sampler.* / eval.* override
 config.yaml, as `python -m core.evaluate` takes them). The run's EMA parameters are restored
 once; each setting samples eval.num_samples images with each --seeds value as the evaluation
 seed (eval.seed: the starting noise and labels) and is scored against the run's eval split by
-the same code as the sweep (core.evaluate). One line per setting and seed, then the mean over
+the same code as the sweep (core.fid, core.reference). One line per setting and seed, then the mean over
 seeds; the data floor at the same n first. Sampling time is wall time on this machine.
 """
 from __future__ import annotations
@@ -20,17 +20,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def parse_setting(text: str) -> dict:
-  import yaml
-  out = {}
-  for item in text.split():
-    if "=" not in item:
-      raise SystemExit(f"setting {text!r}: {item!r} is not key=value")
-    k, v = item.split("=", 1)
-    out[k] = yaml.safe_load(v)
-  return out
-
-
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("run_dir")
@@ -40,19 +29,29 @@ def main(argv=None) -> int:
   args = ap.parse_args(argv)
 
   import numpy as np
-  from core.evaluate import (eval_config, floor_metrics, generate, inception_extractor,
-                             model_dirs, reference_figures, restore_trained, sample_metrics,
-                             save_grid)
-  settings = [parse_setting(s) for s in args.settings]
+  from core.evaluate import eval_config, model_dirs
+  from core.features import inception_extractor
+  from core.fid import floor_metrics, sample_metrics
+  from core.generate import generate
+  from core.images import save_grid
+  from core.reference import reference_figures
+  from core.train import restore_ema
+  from core.config import ConfigError, parse_assignments
+  from core.devices import setup
+  setup()
+  try:
+    settings = [parse_assignments(s.split()) for s in args.settings]
+  except ConfigError as e:
+    raise SystemExit(f"error: {e}") from None
   seeds = [int(s) for s in args.seeds.split(",")]
   base = eval_config(args.run_dir, {})
-  result = restore_trained(base, model_dirs(args.run_dir, base)[-1])
-  params = result.state.ema_params
+  model = restore_ema(base, model_dirs(args.run_dir, base)[-1])
+  params = model.params
   ext = inception_extractor(base.eval.inception_weights)
   ref = reference_figures(base, base.data.eval_split, ext, False)
   other = reference_figures(base, base.data.split, ext, False)
   fl, _ = floor_metrics(base.eval.num_samples, ref, other)
-  print(f"{args.run_dir}: step {int(result.state.step)}, {base.resolution}px, "
+  print(f"{args.run_dir}: step {model.step}, {base.resolution}px, "
         f"n={base.eval.num_samples}; floor FID {fl['fid']:.1f} KID x10^3 {fl['kid'] * 1e3:.2f}",
         flush=True)
   name = os.path.basename(os.path.normpath(args.run_dir))
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
     for seed in seeds:
       t0 = time.time()
       feats, grid = [], []
-      for imgs, _, _ in generate(result.trainer, params, cfg, cfg.eval.num_samples, seed=seed,
+      for imgs, _, _ in generate(model, params, cfg, cfg.eval.num_samples, seed=seed,
                                  progress=False):
         feats.append(ext(imgs)["pool"])
         grid.append(imgs)

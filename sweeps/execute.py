@@ -1,4 +1,6 @@
-"""Executing a sweep's runs: train (or resume), evaluate and record each one in its run folder.
+"""Executing a sweep's runs: train each stage if needed (or resume it), then evaluate the run
+folder from its checkpoints (core.evaluate.evaluate_dir, the code `python -m core.evaluate`
+runs), recording each run's state in its folder.
 
 Shared by the in-process runner (sweeps.run) and the Hydra launcher's jobs (sweeps.launch),
 neither of which imports the other for it. A run is owned by one process while it runs
@@ -9,14 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import sys
 import time
 import traceback
 
+from core.cdm import stage_configs
 from core.config import replace, to_dict
 from core.experiment import model_dir as shared_model_dir
-from core.runio import (STOP, DirLock, LockHeld, owner, read_jsonl, run_done,
+from core.runio import (STOP, DirLock, LockHeld, owner, read_json, run_done,
                         write_json_atomic, write_yaml_atomic)
 from sweeps.spec import RunSpec
 
@@ -30,51 +32,52 @@ def set_status(run_dir: str, state: str, **extra) -> None:
                     {"state": state, "updated": time.time(), **extra})
 
 
-def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
-  """Trains (or resumes) and evaluates one run; returns its eval figures.
+def train_stages(r: RunSpec, sdir: str, on_step=None, progress: bool = True) -> None:
+  """Trains each stage of a run that its model directory does not hold finished (a cascade's
+  stages, base first); a finished model is not rebuilt (core.train.trained_step), so no data
+  pipeline is made for it. on_step(step) follows training, counted over all stages."""
+  from core.train import train, trained_step
+  done_before = 0
+  for c in stage_configs(r.config):
+    model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
+    if trained_step(c, model_dir) < c.train.steps:
+      if not progress:   # --no-progress: the training bar too (train.progress is not in the key)
+        c = replace(c, **{"train.progress": False})
+      on_log = None if on_step is None else (
+          lambda row, b=done_before: on_step(b + int(row["step"])))
+      # Another process training the same model (a concurrent sweep sharing it): wait for it,
+      # then resume from what it wrote, which is then finished.
+      train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
+    done_before += c.train.steps
 
-  A cascade (cascade.stages) trains each stage as an ordinary run of its own config, then
-  samples through the stages; metrics.jsonl is the last stage's, metrics_stage<i>.jsonl the
-  lower ones'.
-  """
+
+def run_one(r: RunSpec, sdir: str, progress: bool = True) -> dict:
+  """Trains each stage if needed, then evaluates the run directory from its checkpoints
+  through core.evaluate.evaluate_dir, as `python -m core.evaluate` does, into its eval.json;
+  returns the figures. Runs that differ only in sampling (guidance scales, CDM's s) share
+  their trained models."""
   import jax
-  from core.cdm import stage_configs
-  from core.evaluate import evaluate_run
-  from core.train import _maybe_init_distributed, train
-  _maybe_init_distributed(r.config)   # first, so that only process 0 writes the run folder
+  from core.evaluate import evaluate_dir
+  from core.train import init_distributed
+  init_distributed(r.config)   # first, so that only process 0 writes the run folder
   is_main = jax.process_index() == 0
-  status = set_status if is_main else (lambda *a, **k: None)
   run_dir = os.path.join(sdir, r.run_id)
   os.makedirs(run_dir, exist_ok=True)
   if is_main:
     write_yaml_atomic(os.path.join(run_dir, "config.yaml"), to_dict(r.config))
-  configs, stages = stage_configs(r.config), []
-  total, who = sum(c.train.steps for c in configs), owner()
+  configs = stage_configs(r.config)
+  total = sum(c.train.steps for c in configs)
+  # who writes the run, and where its models are (analysis reads their metrics.jsonl there)
+  who = {**owner(), "model_dirs": [os.path.relpath(shared_model_dir(sdir, c), run_dir)
+                                   for c in configs]}
+  status = set_status if is_main else (lambda *a, **k: None)
   status(run_dir, "running", step=0, steps=total, **who)
-  # Runs that differ only in sampling share trained models (guidance scales, CDM's s).
-  done_before = 0
-  for i, c in enumerate(configs):
-    model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
-    if not progress:   # --no-progress: the training bar too (train.progress is not in the key)
-      c = replace(c, **{"train.progress": False})
-    # status.json follows training (step counted over all stages of a cascade)
-    on_log = lambda row, b=done_before: status(run_dir, "running", step=b + int(row["step"]),
-                                               steps=total, **who)
-    # Another process training the same model (a concurrent sweep sharing it): wait for it,
-    # then resume from what it wrote, which is then finished.
-    result = train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
-    done_before += c.train.steps
-    name = "metrics.jsonl" if i == len(configs) - 1 else f"metrics_stage{i}.jsonl"
-    if is_main:
-      shutil.copyfile(os.path.join(model_dir, "metrics.jsonl"), os.path.join(run_dir, name))
-    stages.append((result, read_jsonl(os.path.join(model_dir, "metrics.jsonl"))))
-  (result, rows), lower = stages[-1], stages[:-1]
+  train_stages(r, sdir, lambda step: status(run_dir, "running", step=step, steps=total, **who),
+               progress)
   status(run_dir, "running", step=total, steps=total, phase="evaluating", **who)
-  figures = evaluate_run(result, r.config, run_dir, train_rows=rows, progress=progress,
-                         lower=lower)
-  if is_main:
-    write_json_atomic(os.path.join(run_dir, "eval.json"), figures)
-  status(run_dir, "done", step=int(result.state.step))
+  path = evaluate_dir(run_dir, progress=progress, record="eval.json")
+  figures = read_json(path) if is_main else {}
+  status(run_dir, "done", step=int((figures or {}).get("step", total)))
   return figures
 
 
@@ -88,8 +91,11 @@ def _owned(rd: str, distributed: bool):
   return contextlib.nullcontext() if distributed else DirLock(rd)
 
 
-def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
+def run_all(runs: list[RunSpec], sdir: str, progress: bool = True,
+            reevaluate: bool = False) -> int:
   """Runs (or skips, when finished) each run in order; returns the number that failed.
+  reevaluate: finished runs are evaluated again from their checkpoints (a new eval.json and
+  samples.png; nothing is trained).
 
   Each run is owned by one process while it runs: a run that another live process holds (the
   same command started twice, two sweeps on one results folder) is skipped, never written
@@ -98,7 +104,7 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
   for i, r in enumerate(runs):
     STOP.check()
     rd = os.path.join(sdir, r.run_id)
-    if is_done(sdir, r):
+    if is_done(sdir, r) and not reevaluate:
       print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
       continue
     try:
@@ -112,7 +118,7 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True) -> int:
     except OSError:
       lock = None   # the folder cannot be made (a file, read-only): run_one reports it
     try:
-      if is_done(sdir, r):   # finished by the other process while we waited for the lock
+      if is_done(sdir, r) and not reevaluate:   # finished by the other process meanwhile
         print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
         continue
       print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)",

@@ -73,6 +73,8 @@ def run_job(job: str, train_key: str) -> int:
 
 def main() -> None:
   import hydra
+  from core.devices import setup
+  setup()
   from hydra.core.config_store import ConfigStore
   ConfigStore.instance().store(name="simplediff_launch", node={
       "job": "???", "train_key": "???",

@@ -14,6 +14,7 @@ import time
 from typing import Optional
 
 from core.config import ConfigError, to_dict
+from core.devices import setup
 from core.runio import STOP, DirLock, LockHeld, read_json, run_state, write_json_atomic
 from sweeps.execute import is_done, run_all, sweep_dir
 from sweeps.spec import RunSpec, _flatten, expand, parse_overrides
@@ -70,6 +71,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   ap.add_argument("--redo", action="store_true",
                   help="runs whose folder holds other settings: move the old folder to "
                        "<sweep>/_replaced/ and run again (default: stop with an error)")
+  ap.add_argument("--reevaluate", action="store_true",
+                  help="evaluate finished runs again from their checkpoints (eval.json, "
+                       "samples.png), e.g. after a change to evaluation; nothing is trained")
   ap.add_argument("--launcher", default="",
                   help="run through a Hydra launcher plugin: basic, joblib (local processes), "
                        "submitit_slurm, submitit_local; one job per trained model")
@@ -77,6 +81,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                   help="Hydra override for the launcher, e.g. hydra.launcher.n_jobs=2 or "
                        "hydra.launcher.partition=gpu (repeatable)")
   args = ap.parse_intermixed_args(argv)  # options may follow key=value overrides
+  setup()
   try:
     opts, over = parse_overrides(args.overrides)
     meta, runs = expand(args.file, opts.get("tier", "paper"), over, opts.get("seeds"))
@@ -126,7 +131,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   else:
     try:
       with _sigterm_as_interrupt():
-        failed = run_all(runs, sdir, progress=not args.no_progress)
+        failed = run_all(runs, sdir, progress=not args.no_progress,
+                         reevaluate=args.reevaluate)
     except KeyboardInterrupt as e:
       how = "SIGTERM" if e.args == ("SIGTERM",) else "Ctrl-C"
       print(f"\nstopped by {how}: finished runs are kept, the interrupted one resumes from its "

@@ -1,7 +1,7 @@
 """One process of the two-process tests: 4 fake CPU devices each, joined by jax.distributed on
 localhost into one 8-device mesh. Mode "train" (tests/test_train.py): one training step on its
 half of the global batch, saving the loss and the updated parameters. Mode "eval"
-(tests/test_eval_sharding.py): evaluate_run of an untrained model, saving its figures."""
+(tests/test_eval_sharding.py): core.evaluate.evaluate of an untrained model, saving its figures."""
 import os
 import sys
 
@@ -16,7 +16,7 @@ def main(port: str, pid: str, out: str, mode: str = "train", *args) -> None:
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(pid))
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  if mode == "eval":   # tests/test_eval_sharding.py: evaluate_run across the two processes
+  if mode == "eval":   # tests/test_eval_sharding.py: the evaluation across the two processes
     import json
     from tests.test_eval_sharding import eval_config, evaluate_untrained
     weights, run_dir = args

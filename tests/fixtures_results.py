@@ -52,9 +52,9 @@ def _samples_png(path: str, seed: int, size: int = 64) -> None:
   Image.fromarray(img).save(path)
 
 
-def _metrics(path: str, k: int, seed: int, steps: int, evals: dict, torn: bool = False,
+def _metrics(path: str, k: int, seed: int, steps: int, torn: bool = False,
              until: Optional[int] = None) -> None:
-  """Training rows every 10 steps, loss decaying with noise; eval rows at steps/2 and steps."""
+  """Training rows every 10 steps, loss decaying with noise."""
   rng = np.random.default_rng(1000 * k + seed)
   last = steps if until is None else until
   with open(path, "w") as f:
@@ -64,11 +64,6 @@ def _metrics(path: str, k: int, seed: int, steps: int, evals: dict, torn: bool =
              "img_per_s": 100.0 + k, "time": step * 0.1}
       row.update({f"loss_q{q}": loss * (1.5 - 0.3 * q) for q in range(4)})
       f.write(json.dumps(row) + "\n")
-      if until is None and step in (steps // 2, steps):
-        scale = 1.5 if step < steps else 1.0
-        f.write(json.dumps({"kind": "eval", "step": step,
-                            **{m: (evals[m] * scale if m.startswith("fid") else evals[m])
-                               for m in ("fid_train", "fid_eval", "is_mean", "is_std")}}) + "\n")
     if torn:
       f.write('{"step": 99999, "loss": 0.1')   # a line cut by a kill: no newline, no brace
 
@@ -128,7 +123,7 @@ def _write_run(sdir: str, rid: str, state: str, k: int, seed: int, steps: int = 
     return
   mk = k if metrics_src is None else metrics_src
   ev = evals or fake_eval(k, seed)
-  _metrics(os.path.join(d, "metrics.jsonl"), mk, seed if metrics_src is None else 0, steps, ev,
+  _metrics(os.path.join(d, "metrics.jsonl"), mk, seed if metrics_src is None else 0, steps,
            torn=torn, until=None if state == "done" else step)
   if state == "done":
     _json(os.path.join(d, "eval.json"), ev)

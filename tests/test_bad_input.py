@@ -79,10 +79,10 @@ class Fx:
   def weights(self) -> str:
     """Fake Inception weights of the right structure (tests/test_fid.py's), written once."""
     if Fx.weights_path is None:
-      from core import inception as I
+      from core import inception_weights as W
       from tests.test_fid import fake_params
       p = self.factory.mktemp("weights") / "fake_inception.npz"
-      I.save_params(fake_params(), p)
+      W.save_params(fake_params(), p)
       Fx.weights_path = str(p)
     return Fx.weights_path
 
@@ -124,12 +124,13 @@ def run_dir(tmp, ckpt: bool = False) -> str:
 
 
 def stats(tmp, name, dim=4, nan=False) -> str:
-  from core import fid as F
+  from core.fid import compute_stats
+  from core.reference import save_stats
   x = np.random.default_rng(0).normal(size=(8, dim))
-  s = F.compute_stats(x)
+  s = compute_stats(x)
   if nan:
     s["mu"][0] = np.nan
-  return str(F.save_stats(tmp / name, s))
+  return str(save_stats(tmp / name, s))
 
 
 def images(tmp, folder="imgs", n=2) -> str:

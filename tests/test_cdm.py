@@ -14,7 +14,7 @@ from core import cdm
 from core.conditioning import make_task
 from core.config import ConfigError, LossConfig, to_dict
 from core.diffusion import loss_at
-from core.evaluate import make_cascade_sampler
+from core.generate import make_cascade_sampler
 from core.experiment import resolve
 from core.models import build_model, init_params
 from core.samplers import sample
@@ -266,7 +266,7 @@ def test_per_stage_augmentation_bad_input():
 
 def test_cascade_sweep_end_to_end_at_smoke(tmp_path, monkeypatch):
   from analysis.make_tables import build_table
-  from analysis.results import load_results
+  from analysis.results import load_results, metrics_path
   from core.runio import read_json, read_jsonl
   from sweeps import run as runner
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
@@ -280,11 +280,14 @@ def test_cascade_sweep_end_to_end_at_smoke(tmp_path, monkeypatch):
   for rid in only:
     assert read_json(os.path.join(sdir, rid, "status.json"))["state"] == "done"
     assert os.path.getsize(os.path.join(sdir, rid, "samples.png")) > 100
-    assert [r["step"] for r in read_jsonl(os.path.join(sdir, rid, "metrics.jsonl"))] == [1, 2]
+    assert [r["step"] for r in read_jsonl(metrics_path(os.path.join(sdir, rid)))] == [1, 2]
   ev = read_json(os.path.join(sdir, "256-CDM-s0", "eval.json"))
   assert ev["stages"] == [2, 4, 16] and ev["cond_s"] == 0.1 and ev["params"] > 0
-  for i in (0, 1):
-    assert os.path.exists(os.path.join(sdir, "256-CDM-s0", f"metrics_stage{i}.jsonl"))
+  # each stage's training rows stay in its model directory, which eval.json names
+  rd = os.path.join(sdir, "256-CDM-s0")
+  assert len(ev["model_dirs"]) == 3 and len({os.path.normpath(d) for d in ev["model_dirs"]}) == 3
+  for d in ev["model_dirs"]:
+    assert [r["step"] for r in read_jsonl(os.path.join(rd, d, "metrics.jsonl"))] == [1, 2]
   (sweep,) = load_results(res)
   table = build_table(sweep, with_paper=True).numbers.set_index("arm")
   assert table.loc["CDM", "paper_fid_train"] == 4.88 and table.loc["CDM", "state"] == "done"

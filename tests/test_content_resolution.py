@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import data, pipeline
+from core import pipeline, sources
 from core.config import ConfigError, DataConfig
-from core.evaluate import box_downsample, scored_content
+from core.evaluate import scored_content
+from core.reference import box_downsample
 from core.experiment import resolve, train_key
 from core.shapes import ShapesSource
 from core.sources import RenderedShapes, Upsampled, render_cached
@@ -30,7 +31,7 @@ def test_nearest_upsampled_shapes_carry_the_content_exactly():
   content = ShapesSource(6, 16, "train", style="simple")
   for method, tol in (("nearest", 0.0), ("bicubic", 30.0)):
     cfg = DataConfig(source="shapes_simple", size=6, content_resolution=16, upsample=method)
-    src = data.make_source(cfg, 64, "train")
+    src = sources.make_source(cfg, 64, "train")
     assert isinstance(src, Upsampled) and len(src) == 6
     for i in range(6):
       ex = src[i]
@@ -39,17 +40,17 @@ def test_nearest_upsampled_shapes_carry_the_content_exactly():
       err = np.abs(_blocks(ex["image"], 4) - content[i]["image"]).max()
       assert err <= tol, (method, err)
   # bicubic is not nearest: it interpolates between the content's pixels
-  near = data.make_source(DataConfig(source="shapes_simple", size=6, content_resolution=16,
+  near = sources.make_source(DataConfig(source="shapes_simple", size=6, content_resolution=16,
                                      upsample="nearest"), 64, "train")[0]["image"]
-  cub = data.make_source(DataConfig(source="shapes_simple", size=6, content_resolution=16),
+  cub = sources.make_source(DataConfig(source="shapes_simple", size=6, content_resolution=16),
                          64, "train")[0]["image"]
   assert not np.array_equal(near, cub)
 
 
 def test_content_at_or_above_the_resolution_changes_nothing():
-  plain = data.make_source(DataConfig(source="shapes_simple", size=4), 16, "train")
+  plain = sources.make_source(DataConfig(source="shapes_simple", size=4), 16, "train")
   for c in (16, 32):
-    src = data.make_source(DataConfig(source="shapes_simple", size=4, content_resolution=c),
+    src = sources.make_source(DataConfig(source="shapes_simple", size=4, content_resolution=c),
                            16, "train")
     assert isinstance(src, ShapesSource)
     assert np.array_equal(src[2]["image"], plain[2]["image"])
@@ -63,8 +64,8 @@ def test_files_are_downsampled_to_the_content_then_upsampled(tmp_path):
   Image.fromarray(big).save(root / "0.png")
   cfg = DataConfig(source="folder", path=str(tmp_path / "imgs"), content_resolution=8,
                    upsample="nearest")
-  got = data.make_source(cfg, 32, "train")[0]["image"]
-  at8 = data.make_source(DataConfig(source="folder", path=str(tmp_path / "imgs")), 8,
+  got = sources.make_source(cfg, 32, "train")[0]["image"]
+  at8 = sources.make_source(DataConfig(source="folder", path=str(tmp_path / "imgs")), 8,
                          "train")[0]["image"]
   assert got.shape == (32, 32, 3)
   np.testing.assert_array_equal(_blocks(got, 4), at8)   # no detail above 8 px survives
@@ -74,7 +75,7 @@ def test_render_cache_renders_the_content_once(tmp_path, monkeypatch):
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   monkeypatch.delenv("SIMPLEDIFF_SHAPES_CACHE", raising=False)
   cfg = DataConfig(source="shapes_simple", size=12, content_resolution=16)
-  src = data.make_source(cfg, 64, "train")
+  src = sources.make_source(cfg, 64, "train")
   got = render_cached(src)
   assert isinstance(got, Upsampled) and isinstance(got.src, RenderedShapes)
   assert got.src.resolution == 16   # 16-px renders: 1/16 of the bytes of the 64-px images
@@ -103,7 +104,7 @@ def test_content_settings_split_models_only_where_they_act():
 
 
 def test_reference_data_of_another_content_is_another_cache_entry():
-  fp = lambda **d: data.data_fingerprint(DataConfig(source="shapes_simple", **d), "test", 8)
+  fp = lambda **d: sources.data_fingerprint(DataConfig(source="shapes_simple", **d), "test", 8)
   assert len({fp(), fp(content_resolution=16), fp(content_resolution=16, upsample="nearest"),
               fp(content_resolution=8)}) == 4
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from analysis import cost, make_tables
+from analysis import cost, cost_report, make_tables, table1, xla_cost
 from analysis.results import load_sweep
 from core.runio import write_json_atomic
 from sweeps.spec import expand
@@ -36,7 +36,7 @@ tiers:
 
 def test_conv_flops_from_xla_equal_the_analytic_count():
   n, h, c = 2, 64, 8
-  r = cost.conv_layer_cost(batch=n, res=h, channels=c, dtype="float32")
+  r = table1.conv_layer_cost(batch=n, res=h, channels=c, dtype="float32")
   assert r["flops_analytic"] == 2 * h * h * c * c * 3 * 3 * n
   assert r["flops_xla"] == pytest.approx(r["flops_analytic"], rel=0.03)
   # Exactly: XLA skips the taps on SAME padding, (3 H - 2)^2 instead of 9 H^2 per channel pair.
@@ -50,15 +50,15 @@ def test_scan_bodies_are_counted_once_per_iteration():
   one = lambda h, w: (h @ w, None)
   f = lambda x, ws: jax.lax.scan(one, x, ws)[0]
   tr = jax.jit(f).trace(SDS((m, k), jnp.float32), SDS((6, k, k), jnp.float32))
-  assert cost._cost_value(tr.lower().cost_analysis()) == pytest.approx(mm, rel=0.01)  # XLA alone
-  assert cost.traced_flops(tr) == pytest.approx(6 * mm, rel=0.01)
+  assert xla_cost.cost_value(tr.lower().cost_analysis()) == pytest.approx(mm, rel=0.01)  # XLA alone
+  assert xla_cost.traced_flops(tr) == pytest.approx(6 * mm, rel=0.01)
   nested = lambda x, ws: jax.lax.scan(lambda h, w: (f(h, w), None), x, ws)[0]
   tr = jax.jit(nested).trace(SDS((m, k), jnp.float32), SDS((3, 4, k, k), jnp.float32))
-  assert cost.traced_flops(tr) == pytest.approx(12 * mm, rel=0.01)
+  assert xla_cost.traced_flops(tr) == pytest.approx(12 * mm, rel=0.01)
 
 
 def test_table1_recomputed_and_printed(capsys):
-  rows = cost.table1()
+  rows = table1.table1()
   big, small = rows
   assert big["feature_map_bytes"] == 16 * 2 ** 30 and small["feature_map_bytes"] == 2 ** 29
   assert big["macs"] / 2 ** 40 == pytest.approx(9.0) and small["macs"] / 2 ** 40 == pytest.approx(2.25)
@@ -96,11 +96,11 @@ def test_sweep_report_rows_reference_files_and_tables(tmp_path):
   assert rows[1]["speed_pct"] == 100.0 and rows[1]["flops_speed_pct"] == 100.0
   assert rows[0]["params"] < rows[1]["params"] and rows[0]["flops_speed_pct"] > 100.0
   assert [r["paper_speed_pct"] for r in rows] == [114.0, 100.0]   # table 4's labels
-  text = cost.format_report(rep)
+  text = cost_report.format_report(rep)
   assert "2+3 / 2+3 s7" in text and "measured" in text
 
   results = tmp_path / "results"
-  paths = cost.write_report(rep, str(results / "cost"))
+  paths = cost_report.write_report(rep, str(results / "cost"))
   assert [os.path.basename(p) for p in paths] == ["tinycost_smoke.json", "tinycost_smoke.csv"]
   back = json.loads(open(paths[0]).read())   # strict JSON: no NaN
   assert back["rows"][1]["speed_pct"] == 100.0
@@ -130,7 +130,7 @@ def test_compile_only_allocates_nothing_and_says_so():
   assert not r["measured"] and r["mode"].startswith("compiled (needs")
   assert r["flops_per_image"] > 0 and r["memory"]["peak"] > r["memory"]["arguments"] > 0
   assert math.isnan(r["img_per_s"]) and math.isnan(r["speed_pct"])
-  assert "compiled (needs" in cost.format_report(fit)
+  assert "compiled (needs" in cost_report.format_report(fit)
 
 
 def test_evaluation_cost_counts_samples_steps_and_guidance_passes(tmp_path):
@@ -158,4 +158,4 @@ def test_evaluation_cost_counts_samples_steps_and_guidance_passes(tmp_path):
   assert len(r["evals"]) == 2 and r["eval_flops"] == sum(e["eval_flops"] for e in r["evals"])
   assert r["train_flops"] == pytest.approx(r["flops_step"] * 1)   # the file trains 1 step
   assert r["eval_time_h"] == pytest.approx(hw.seconds(r["eval_flops"]) / 3600)
-  assert "eval h" in cost.format_report(rep)
+  assert "eval h" in cost_report.format_report(rep)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import data, sources
-from core.fid import subset
+from core import images, pipeline, sources
+from core.sources import subset
 from core.config import ConfigError, DataConfig
 from core.shapes import KINDS, ShapesSource
 
@@ -31,15 +31,15 @@ def _same(a, b):
 
 def test_shapes_deterministic_and_distinct():
   cfg = DataConfig(source="shapes", size=100)
-  a = data.make_source(cfg, 32, "train")
-  b = data.make_source(cfg, 32, "train")
+  a = sources.make_source(cfg, 32, "train")
+  b = sources.make_source(cfg, 32, "train")
   assert np.array_equal(a[7]["image"], a[7]["image"])
   assert np.array_equal(a[7]["image"], b[7]["image"]) and a[7]["label"] == b[7]["label"]
   assert a[7]["image"].shape == (32, 32, 3) and a[7]["image"].dtype == np.uint8
   assert a[7]["label"].dtype == np.int32
   imgs = [a[i]["image"] for i in range(20)]
   assert all(not np.array_equal(imgs[i], imgs[j]) for i in range(20) for j in range(i))
-  test = data.make_source(cfg, 32, "test")
+  test = sources.make_source(cfg, 32, "test")
   assert all(not np.array_equal(a[i]["image"], test[i]["image"]) for i in range(20))
   assert len(a) == 100
   with pytest.raises(IndexError):
@@ -102,7 +102,7 @@ def folder(tmp_path):
 
 def test_folder_labels_and_crop(folder):
   cfg = DataConfig(source="folder", path=str(folder), num_classes=10)
-  src = data.make_source(cfg, 16, "train")
+  src = sources.make_source(cfg, 16, "train")
   assert src.classes == ["cat", "dog"] and len(src) == 8
   assert [int(src[i]["label"]) for i in range(8)] == [0] * 4 + [1] * 4
   assert os.path.basename(src.name(0)) == "0.png" and "cat" in src.name(0)
@@ -110,34 +110,34 @@ def test_folder_labels_and_crop(folder):
     im = src[i]["image"]
     assert im.shape == (16, 16, 3) and im.dtype == np.uint8
     assert im[..., 0].min() > 200 and im[..., 2].max() < 60  # no blue border survived
-  test = data.make_source(cfg, 16, "test")
+  test = sources.make_source(cfg, 16, "test")
   assert len(test) == 6 and test.classes == ["cat", "dog"]
-  with pytest.raises(data.DataError, match="split 'val' not found"):
-    data.make_source(cfg, 16, "val")
+  with pytest.raises(sources.DataError, match="split 'val' not found"):
+    sources.make_source(cfg, 16, "val")
 
 
 def test_folder_corrupt_file(folder):
   bad = folder / "train" / "dog" / "x.jpg"
   bad.write_bytes(np.random.default_rng(1).bytes(300))
   cfg = DataConfig(source="folder", path=str(folder), shuffle_seed=3)
-  src = data.make_source(cfg, 16, "train")
+  src = sources.make_source(cfg, 16, "train")
   i = [src.name(k) for k in range(len(src))].index(str(bad))
-  with pytest.raises(data.DataError, match="cannot decode image") as e:
+  with pytest.raises(sources.DataError, match="cannot decode image") as e:
     src[i]
   assert str(bad) in str(e.value) and "\n" not in str(e.value)
-  ds = data.make_dataset(cfg, 16, len(src), seed=0, train=False)
+  ds = pipeline.make_dataset(cfg, 16, len(src), seed=0, train=False)
   with pytest.raises(Exception, match="x.jpg"):
     next(iter(ds))
 
   cfg = DataConfig(source="folder", path=str(folder), skip_corrupt=True)
-  src = data.make_source(cfg, 16, "train")
+  src = sources.make_source(cfg, 16, "train")
   assert np.array_equal(src[i]["image"], src[(i + 1) % len(src)]["image"])   # substituted
   assert src.skipped == {i}
-  ds = data.make_dataset(cfg, 16, 3, seed=0, train=False)
+  ds = pipeline.make_dataset(cfg, 16, 3, seed=0, train=False)
   batches = list(iter(ds))
   assert len(batches) == 3 and ds.skip_counter.count == 1
   assert ds.skip_counter.names() == [str(bad)]
-  ds = data.make_dataset(cfg, 16, 4, seed=0)
+  ds = pipeline.make_dataset(cfg, 16, 4, seed=0)
   it = iter(ds)
   _take(it, 3)                                      # > 1 epoch of 9 files
   assert ds.skip_counter.count == 1 and ds.skip_counter.events >= 1
@@ -147,34 +147,34 @@ def test_folder_listing_cache(folder, tmp_path, monkeypatch):
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   monkeypatch.setattr(sources, "_CACHE_MIN_FILES", 0)
   cfg = DataConfig(source="folder", path=str(folder))
-  n = len(data.make_source(cfg, 16, "train"))
+  n = len(sources.make_source(cfg, 16, "train"))
   assert len(os.listdir(tmp_path / "cache" / "filelists")) == 1
   sources._LISTINGS.clear()
   scan = sources._scan
   monkeypatch.setattr(sources, "_scan", None)            # must come from the disk cache
-  assert len(data.make_source(cfg, 16, "train")) == n
+  assert len(sources.make_source(cfg, 16, "train")) == n
   monkeypatch.setattr(sources, "_scan", scan)
   _write(str(folder / "train" / "cat" / "new.png"), np.zeros((8, 8, 3), np.uint8), "PNG")
-  assert len(data.make_source(cfg, 16, "train")) == n + 1   # a new file invalidates both
+  assert len(sources.make_source(cfg, 16, "train")) == n + 1   # a new file invalidates both
 
 
 def test_bad_config_errors(tmp_path):
   with pytest.raises(ConfigError, match="choose one of: .*folder.*shapes"):
-    data.make_source(DataConfig(source="nope"), 32, "train")
+    sources.make_source(DataConfig(source="nope"), 32, "train")
   missing = str(tmp_path / "missing")
-  with pytest.raises(data.DataError, match="data.path") as e:
-    data.make_source(DataConfig(source="folder", path=missing), 32, "train")
+  with pytest.raises(sources.DataError, match="data.path") as e:
+    sources.make_source(DataConfig(source="folder", path=missing), 32, "train")
   assert missing in str(e.value)
-  with pytest.raises(data.DataError, match="set data.path"):
-    data.make_source(DataConfig(source="folder"), 32, "train")
+  with pytest.raises(sources.DataError, match="set data.path"):
+    sources.make_source(DataConfig(source="folder"), 32, "train")
   with pytest.raises(ConfigError, match="data.num_classes=5"):
-    data.make_source(DataConfig(source="shapes", num_classes=5), 32, "train")
+    sources.make_source(DataConfig(source="shapes", num_classes=5), 32, "train")
 
 
 def test_tfds_missing_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)   # import fails
-  with pytest.raises(data.DataError) as e:
-    data.make_source(DataConfig(source="tfds", path="imagenet2012"), 64, "train")
+  with pytest.raises(sources.DataError) as e:
+    sources.make_source(DataConfig(source="tfds", path="imagenet2012"), 64, "train")
   msg = str(e.value)
   assert "simplediff[tfds]" in msg and "tensorflow-datasets" in msg and "\n" not in msg
 
@@ -187,14 +187,14 @@ def test_npz_round_trip(tmp_path):
   labels = np.array([3, 1, 4, 1, 5])
   np.savez(tmp_path / "d_train.npz", images=images, labels=labels)
   cfg = DataConfig(source="npz", path=str(tmp_path / "d_{split}.npz"))
-  src = data.make_source(cfg, 20, "train")
+  src = sources.make_source(cfg, 20, "train")
   assert len(src) == 5
   for i in range(5):
     assert np.array_equal(src[i]["image"], images[i]) and src[i]["label"] == labels[i]
-  assert data.make_source(cfg, 8, "train")[2]["image"].shape == (8, 8, 3)
+  assert sources.make_source(cfg, 8, "train")[2]["image"].shape == (8, 8, 3)
   np.savez(tmp_path / "bad.npz", pixels=images)
-  with pytest.raises(data.DataError, match="no 'images' array"):
-    data.make_source(DataConfig(source="npz", path=str(tmp_path / "bad.npz")), 20, "train")
+  with pytest.raises(sources.DataError, match="no 'images' array"):
+    sources.make_source(DataConfig(source="npz", path=str(tmp_path / "bad.npz")), 20, "train")
 
 
 def test_array_record_round_trip(tmp_path):
@@ -208,9 +208,9 @@ def test_array_record_round_trip(tmp_path):
     Image.fromarray(a).save(buf, format="PNG")
     arrs.append(a)
     recs.append((buf.getvalue(), i * 2))
-  assert data.write_array_record(str(tmp_path / "train-00000.array_record"), recs) == 4
+  assert sources.write_array_record(str(tmp_path / "train-00000.array_record"), recs) == 4
   cfg = DataConfig(source="array_record", path=str(tmp_path))
-  src = data.make_source(cfg, 12, "train")
+  src = sources.make_source(cfg, 12, "train")
   assert len(src) == 4
   for i in range(4):
     assert np.array_equal(src[i]["image"], arrs[i]) and src[i]["label"] == 2 * i
@@ -222,15 +222,15 @@ SHAPES = DataConfig(source="shapes", size=40)
 
 
 def test_batches_shapes_and_seeds():
-  it = iter(data.make_dataset(SHAPES, 16, 8, seed=0))
+  it = iter(pipeline.make_dataset(SHAPES, 16, 8, seed=0))
   b = next(it)
   assert set(b) == {"image", "label"}
   assert b["image"].shape == (8, 16, 16, 3) and b["image"].dtype == np.float32
   assert b["label"].shape == (8,) and b["label"].dtype == np.int32
   assert b["image"].min() >= -1 and b["image"].max() <= 1 and b["image"].min() < -0.5
   first = [b] + _take(it, 9)                         # two epochs of 5 batches
-  again = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=0)), 10)
-  other = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=1)), 10)
+  again = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=0)), 10)
+  other = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=1)), 10)
   assert _same(first, again) and not _same(first, other)
   epoch = lambda bs: np.concatenate([x["image"] for x in bs]).reshape(40, -1)
   e1, e2 = epoch(first[:5]), epoch(first[5:])
@@ -242,22 +242,22 @@ def test_batches_shapes_and_seeds():
 
 def test_eval_order_and_uint8():
   src = ShapesSource(40, 16)
-  bs = list(iter(data.make_dataset(SHAPES, 16, 16, seed=0, train=False)))
+  bs = list(iter(pipeline.make_dataset(SHAPES, 16, 16, seed=0, train=False)))
   assert len(bs) == 2                                # 40 // 16, remainder dropped
   want = np.stack([src[i]["image"] for i in range(32)]).astype(np.float32) / 127.5 - 1
   assert np.allclose(np.concatenate([b["image"] for b in bs]), want, atol=1e-6)
-  got = list(data.iterate_uint8(SHAPES, 16, "train", 37, 16))
+  got = list(pipeline.iterate_uint8(SHAPES, 16, "train", 37, 16))
   assert [len(g) for g in got] == [16, 16, 5] and got[0].dtype == np.uint8
-  # 37 of 40: fid.subset's fixed random draw, in index order (not the first 37 of a sorted folder)
+  # 37 of 40: sources.subset's fixed random draw, in index order (not the first 37 of a sorted folder)
   keep = subset(np.arange(40), 37)
   assert len(set(keep.tolist())) == 37 and list(keep) == sorted(keep) and keep.max() > 36
   assert np.array_equal(np.concatenate(got), np.stack([src[int(i)]["image"] for i in keep]))
-  assert [len(g) for g in data.iterate_uint8(SHAPES, 16, "train", 40, 16)] == [16, 16, 8]
+  assert [len(g) for g in pipeline.iterate_uint8(SHAPES, 16, "train", 40, 16)] == [16, 16, 8]
 
 
 def test_process_sharding_partitions_the_global_batch():
-  glob = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=5)), 7)
-  parts = [_take(iter(data.make_dataset(SHAPES, 16, 4, seed=5, process_index=p,
+  glob = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=5)), 7)
+  parts = [_take(iter(pipeline.make_dataset(SHAPES, 16, 4, seed=5, process_index=p,
                                         process_count=2)), 7) for p in (0, 1)]
   for k in range(7):
     assert np.array_equal(parts[0][k]["image"], glob[k]["image"][0::2])
@@ -265,29 +265,29 @@ def test_process_sharding_partitions_the_global_batch():
     a = {x.tobytes() for x in parts[0][k]["image"]}
     assert a.isdisjoint({x.tobytes() for x in parts[1][k]["image"]})
   # Eval: every process gets the same number of batches.
-  n = [len(list(iter(data.make_dataset(SHAPES, 16, 6, seed=0, train=False, process_index=p,
+  n = [len(list(iter(pipeline.make_dataset(SHAPES, 16, 6, seed=0, train=False, process_index=p,
                                        process_count=3)))) for p in range(3)]
   assert n == [2, 2, 2]
 
 
 def test_resume_from_saved_state():
-  ds = data.make_dataset(SHAPES, 16, 8, seed=2)
+  ds = pipeline.make_dataset(SHAPES, 16, 8, seed=2)
   it = iter(ds)
   _take(it, 4)
-  state = data.iterator_state_to_json(it)
+  state = pipeline.iterator_state_to_json(it)
   rest = _take(it, 4)                                # crosses the epoch boundary
-  it2 = data.restore_iterator(iter(data.make_dataset(SHAPES, 16, 8, seed=2)), state)
+  it2 = pipeline.restore_iterator(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=2)), state)
   assert _same(rest, _take(it2, 4))
-  fresh = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=2)), 4)
+  fresh = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=2)), 4)
   assert not _same(rest, fresh)
-  with pytest.raises(data.DataError, match="not a data iterator state"):
-    data.restore_iterator(it2, '{"next_index": 3}')
+  with pytest.raises(sources.DataError, match="not a data iterator state"):
+    pipeline.restore_iterator(it2, '{"next_index": 3}')
 
 
 def test_flip_mirrors_some_images():
   cfg = DataConfig(source="shapes", size=40, random_flip=False)
-  plain = _take(iter(data.make_dataset(cfg, 16, 8, seed=3)), 5)
-  flip = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=3)), 5)
+  plain = _take(iter(pipeline.make_dataset(cfg, 16, 8, seed=3)), 5)
+  flip = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=3)), 5)
   same = mirrored = 0
   for p, f in zip(plain, flip):
     assert np.array_equal(p["label"], f["label"])       # the same shuffle
@@ -302,12 +302,12 @@ def test_flip_mirrors_some_images():
 
 def test_worker_processes_match_in_process():
   cfg = DataConfig(source="shapes", size=40, num_workers=2)
-  ref = _take(iter(data.make_dataset(SHAPES, 16, 8, seed=4)), 6)
-  it = iter(data.make_dataset(cfg, 16, 8, seed=4))
+  ref = _take(iter(pipeline.make_dataset(SHAPES, 16, 8, seed=4)), 6)
+  it = iter(pipeline.make_dataset(cfg, 16, 8, seed=4))
   got = _take(it, 3)
-  state = data.iterator_state_to_json(it)
+  state = pipeline.iterator_state_to_json(it)
   it.close()
-  it = data.restore_iterator(iter(data.make_dataset(cfg, 16, 8, seed=4)), state)
+  it = pipeline.restore_iterator(iter(pipeline.make_dataset(cfg, 16, 8, seed=4)), state)
   got += _take(it, 3)
   it.close()
   ok = _same(ref, got)
@@ -326,7 +326,7 @@ def test_state_json_keeps_non_string_keys():
     def set_state(self, st):
       self.restored = st
   it = It()
-  data.restore_iterator(it, data.iterator_state_to_json(it))
+  pipeline.restore_iterator(it, pipeline.iterator_state_to_json(it))
   assert it.restored == {"next_index": 3, "future_states": {2: {"next_index": 5}}, "l": [1]}
 
 
@@ -339,7 +339,7 @@ def _encoded(im: Image.Image, fmt: str = "PNG") -> bytes:
 
 def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
   """Issue 15.4: PIL's convert("RGB") clips 16-bit pixels at 255 (an all-white image)."""
-  from core.fid import _load_rgb
+  from analysis.fid import _load_rgb
   ramp16 = (np.arange(64, dtype=np.int64).reshape(8, 8) * 1040).astype(np.uint16)  # 0..65520
   want16 = np.round(ramp16 / 257).astype(np.uint8)
   rgb = np.random.default_rng(0).integers(0, 256, (8, 8, 3)).astype(np.uint8)
@@ -360,7 +360,7 @@ def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
   }
   for name, (im, fmt, want) in cases.items():
     raw = _encoded(im, fmt)
-    got = data.decode_image(raw, 8)
+    got = images.decode_image(raw, 8)
     assert got.dtype == np.uint8 and got.shape == (8, 8, 3), name
     np.testing.assert_array_equal(got, want, err_msg=name)
     path = tmp_path / f"{name.split()[0].replace(';', '')}.{fmt.lower()}"
@@ -369,9 +369,9 @@ def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
   # A float image has no implied range: refused, and analysis.fid names the file.
   f = tmp_path / "float.tiff"
   f.write_bytes(_encoded(Image.fromarray(np.full((8, 8), 0.5, np.float32)), "TIFF"))
-  with pytest.raises(data.ImageModeError, match="float"):
-    data.decode_image(str(f), 8)
-  with pytest.raises(data.ImageModeError, match="float.tiff"):
+  with pytest.raises(images.ImageModeError, match="float"):
+    images.decode_image(str(f), 8)
+  with pytest.raises(images.ImageModeError, match="float.tiff"):
     _load_rgb(f)
 
 
@@ -386,7 +386,7 @@ def test_reference_cache_key_names_the_data_not_the_folder_name(tmp_path, monkey
       img = rng.integers(0, 256, (8, 8, 3)).astype(np.uint8) if fill is None else \
           np.full((8, 8, 3), fill, np.uint8)
       _write(str(tmp_path / where / "imgs" / "train" / f"{i}.png"), img, "PNG")
-  key = lambda p, split="train", num=3: data.data_fingerprint(
+  key = lambda p, split="train", num=3: sources.data_fingerprint(
       DataConfig(source="folder", path=str(p)), split, num)
   a, b = tmp_path / "a" / "imgs", tmp_path / "b" / "imgs"
   assert key(a) == key(a) and key(a) != key(b)

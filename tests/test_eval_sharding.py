@@ -12,8 +12,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from core import evaluate as ev_lib
+from core import features
 from core.experiment import resolve
-from core.train import Trainer, TrainResult, make_mesh
+from core.generate import make_sampler
+from core.train import Trainer, make_mesh, trained_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -32,20 +34,22 @@ def eval_config(weights: str, stats: str):
 
 
 def evaluate_untrained(cfg, run_dir: str) -> dict:
-  """evaluate_run on the initial parameters (no training: the statistics are what is tested)."""
+  """core.evaluate.evaluate on the initial parameters (no training: the statistics are what is
+  tested)."""
   # One process: the trainer on one device, so the sampler's mesh is the only variable; several:
   # the global mesh, as a multi-host run has it.
   tr = Trainer(cfg, make_mesh(jax.devices()[:1]) if jax.process_count() == 1 else None)
   st = tr.init(jax.random.key(0))
-  res = TrainResult(trainer=tr, state=st, steps_run=0, images_per_s=0.0, train_time_s=0.0)
-  return ev_lib.evaluate_run(res, cfg, run_dir, progress=False)
+  stage = ev_lib.Stage(trained_model(tr, st), [])
+  return ev_lib.evaluate(ev_lib.Evaluation(cfg, (stage,), os.path.join(run_dir, "samples.png"),
+                                           progress=False))
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-  from core import inception as I
+  from core import inception_weights as W
   path = tmp_path_factory.mktemp("weights") / "fake_inception.npz"
-  I.save_params(fake_params(), path)
+  W.save_params(fake_params(), path)
   return path
 
 
@@ -54,11 +58,11 @@ def test_sampler_output_is_sharded_over_data_an_eighth_per_device():
   tr = Trainer(cfg, make_mesh(jax.devices()[:1]))
   params = tr.init(jax.random.key(0)).ema_params
   labels = np.arange(16, dtype=np.int32) % 10
-  x = ev_lib.make_sampler(tr, params, cfg, 16)(jax.random.key(3), labels)
+  x = make_sampler(tr, params, cfg, 16)(jax.random.key(3), labels)
   assert jax.device_count() == 8 and x.sharding.mesh.devices.size == 8
   assert x.sharding.spec == P("data")
   assert sorted(s.data.shape[0] for s in x.addressable_shards) == [2] * 8
-  one = ev_lib.make_sampler(tr, params, cfg, 16, mesh=make_mesh(jax.devices()[:1]))(
+  one = make_sampler(tr, params, cfg, 16, mesh=make_mesh(jax.devices()[:1]))(
       jax.random.key(3), labels)
   assert one.sharding.mesh.devices.size == 1
   np.testing.assert_allclose(np.asarray(x), np.asarray(one), atol=1e-5)
@@ -66,15 +70,15 @@ def test_sampler_output_is_sharded_over_data_an_eighth_per_device():
 
 def test_fid_and_kid_on_8_devices_equal_1_device(weights, tmp_path, monkeypatch):
   cfg = eval_config(weights, tmp_path / "stats")
-  ev_lib._EXTRACTORS.clear()
+  features._EXTRACTORS.clear()
   eight = evaluate_untrained(cfg, str(tmp_path / "a"))
   assert eight["devices"] == 8
   real = jax.devices, jax.local_devices
   monkeypatch.setattr(jax, "devices", lambda *a: real[0](*a)[:1])
   monkeypatch.setattr(jax, "local_devices", lambda *a, **k: real[1](*a, **k)[:1])
-  ev_lib._EXTRACTORS.clear()
+  features._EXTRACTORS.clear()
   one = evaluate_untrained(cfg, str(tmp_path / "b"))
-  ev_lib._EXTRACTORS.clear()
+  features._EXTRACTORS.clear()
   assert one["devices"] == 1
   for k in ("fid_train", "fid_eval", "kid_train", "kid_eval"):
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-6, atol=1e-9, err_msg=k)
@@ -95,7 +99,7 @@ def test_two_processes_evaluate_as_one(weights, tmp_path):
   for p in procs:
     out, _ = p.communicate(timeout=900)
     assert p.returncode == 0, out[-3000:]
-  ev_lib._EXTRACTORS.clear()
+  features._EXTRACTORS.clear()
   one = evaluate_untrained(eval_config(weights, tmp_path / "stats"), str(tmp_path / "one"))
   for i in range(2):
     got = json.load(open(tmp_path / f"p{i}.json"))

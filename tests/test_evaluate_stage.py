@@ -1,5 +1,6 @@
 """Evaluation as its own stage: python -m core.evaluate RUN_DIR samples a finished run from its
-saved EMA parameters, writes a new record under evals/ and leaves the run directory intact."""
+saved EMA parameters, writes a new record under evals/ and leaves the run directory intact; the
+sweep evaluates through the same code, and a sweep of trained runs builds no data pipeline."""
 import os
 
 from core import evaluate
@@ -60,3 +61,21 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   assert evaluate.main([str(tmp_path), "--no-progress"]) == 2
   assert "config.yaml" in capsys.readouterr().err
   assert _files(rd) == after
+
+
+  # The sweep again, evaluating its finished run anew (--reevaluate): its model is trained,
+  # so nothing builds a data pipeline or a training step, and eval.json comes out the same.
+  import core.pipeline
+  import core.train
+
+  def no_pipeline(*a, **k):
+    raise AssertionError("a data pipeline was built for a trained model")
+  monkeypatch.setattr(core.pipeline, "make_dataset", no_pipeline)
+  monkeypatch.setattr(core.train, "_train", no_pipeline)
+  assert runner.main([f, "tier=smoke", "--results", res, "--no-progress", "--only",
+                      "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}",
+                      "--reevaluate"]) == 0
+  again = read_json(os.path.join(rd, "eval.json"))
+  assert again["fid_eval"] == ev["fid_eval"] and again["kid_train"] == ev["kid_train"]
+  assert again["content"] == ev["content"] and again["step"] == ev["step"]
+  assert read_json(os.path.join(rd, "status.json"))["state"] == "done"

@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import fid as CLI
+from core import features as X
 from core import fid as F
+from core import reference as R
 from core import inception as I
 from core import inception_weights as W
 from core import torchfile as T
@@ -46,7 +49,7 @@ def fake_params(seed=0, with_logits=False):
   """Random weights of the right structure, made in numpy (fast, no init pass)."""
   rng = np.random.default_rng(seed)
   flat = {}
-  for name, shape in W.flax_flatten(W._param_shapes(with_logits)).items():
+  for name, shape in I.flax_flatten(I._param_shapes(with_logits)).items():
     leaf = name.rsplit("/", 1)[-1]
     if leaf == "kernel":
       fan_in = int(np.prod(shape[:-1]))
@@ -108,19 +111,6 @@ def test_reader_refuses_foreign_globals(tmp_path):
     T.read_torch_file(bad)
 
 
-def test_inception_module_still_exports_the_split_names():
-  """core/inception.py was split (network; core/torchfile.py; core/inception_weights.py): the
-  names other modules and scripts import from core.inception are the new modules' objects."""
-  for mod, names in ((T, ("read_torch_file", "flatten_arrays", "TorchObject")),
-                     (W, ("DEFAULT_1", "PYTORCH_FID", "NVIDIA", "ENV_CACHE", "ENV_OFFLINE",
-                          "ENV_WEIGHTS", "InceptionWeightsNotFound", "check_params", "download",
-                          "default_cache_dir", "fid_helper_weights", "flax_flatten",
-                          "flax_unflatten", "load_inception_params", "load_params_file",
-                          "save_params", "sha256_file", "_from_nvidia", "_param_shapes"))):
-    for name in names:
-      assert getattr(I, name) is getattr(mod, name), name
-
-
 # ----------------------------------------------------------------------------------------------
 # Preprocessing and network parity with the TorchScript reference
 
@@ -135,10 +125,10 @@ def test_resize_matches_reference(ref):
 
 def test_param_mapping_shapes_match_network(fake_weights_file):
   p = W.load_params_file(fake_weights_file)
-  assert W.check_params(p) is False
+  assert I.check_params(p) is False
   p["conv"]["kernel"] = p["conv"]["kernel"][..., :3]
   with pytest.raises(ValueError, match="do not fit"):
-    W.check_params(p)
+    I.check_params(p)
 
 
 @needs_weights
@@ -146,7 +136,7 @@ def test_features_match_torchscript_reference(ref):
   """pool_3 against fid-helper's pipeline, and sFID's spatial features (mixed_6/conv[..., :7],
   NHWC-flattened) against default_1.pt's own submodules (tests/data/sfid_golden.npz, made by
   scripts/make_sfid_golden.py): one network run with spatial=True, whose pool_3 is the same."""
-  ex = I.InceptionExtractor(_real_weights(), batch_size=BATCH, spatial=True)
+  ex = X.InceptionExtractor(_real_weights(), batch_size=BATCH, spatial=True)
   n = len(ref["features"])
   # Images of several sizes: resize each, then one batch through the network.
   x = np.concatenate([np.asarray(I.preprocess(ref[f"img_{i}"][None])) for i in range(n)])
@@ -175,7 +165,7 @@ def test_weights_convert_once_to_npz_cache(tmp_path):
   converted = list((cache / "converted").glob("*.npz"))
   assert len(converted) == 1 and src == _real_weights()
   p2, _ = W.load_inception_params(_real_weights(), cache_dir=cache)
-  a, b = W.flax_flatten(p1), W.flax_flatten(p2)
+  a, b = I.flax_flatten(p1), I.flax_flatten(p2)
   assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
   assert "output" not in p1  # default_1.pt has no logits
 
@@ -187,7 +177,7 @@ def test_weights_convert_once_to_npz_cache(tmp_path):
 def test_local_path_and_env_var(fake_weights_file, monkeypatch):
   monkeypatch.delenv(W.ENV_WEIGHTS, raising=False)
   params, src = W.load_inception_params(fake_weights_file)
-  assert src == fake_weights_file and W.check_params(params) is False
+  assert src == fake_weights_file and I.check_params(params) is False
   monkeypatch.setenv(W.ENV_WEIGHTS, str(fake_weights_file))
   _, src = W.load_inception_params()
   assert src == fake_weights_file
@@ -464,9 +454,9 @@ def test_precision_recall_properties():
 
 
 def test_precision_recall_in_sample_metrics():
-  """core.evaluate.sample_metrics reports them against the reference's kept features; None
+  """core.fid.sample_metrics reports them against the reference's kept features; None
   where a set is too small for a 3rd neighbour."""
-  from core.evaluate import sample_metrics
+  from core.fid import sample_metrics
   rng = np.random.default_rng(5)
   real = rng.normal(size=(120, 8)).astype(np.float32)
   ref = {**F.compute_stats(real), "features": real}
@@ -495,24 +485,24 @@ def _write_images(folder, n, size=32, seed=0, ext=".png"):
 
 def test_sources(tmp_path):
   imgs = _write_images(tmp_path / "folder", 5)
-  src = F.open_source(tmp_path / "folder")
+  src = CLI.open_source(tmp_path / "folder")
   assert src.count == 5
   got = np.concatenate(list(src.batches(2)))
   order = [0, 2, 4, 1, 3]  # sorted by relative path: class_0 first
   np.testing.assert_array_equal(got, imgs[order])
   np.savez(tmp_path / "imgs.npz", arr_0=imgs.transpose(0, 3, 1, 2))  # NCHW is accepted too
-  np.testing.assert_array_equal(F.open_source(tmp_path / "imgs.npz").images, imgs)
-  F.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
-  assert F.open_source(tmp_path / "s.npz").stats["count"] == 5
+  np.testing.assert_array_equal(CLI.open_source(tmp_path / "imgs.npz").images, imgs)
+  R.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
+  assert CLI.open_source(tmp_path / "s.npz").stats["count"] == 5
   with pytest.raises(FileNotFoundError, match="nope"):
-    F.open_source(tmp_path / "nope")
+    CLI.open_source(tmp_path / "nope")
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="no .*images"):
-    F.open_source(tmp_path / "empty")
+    CLI.open_source(tmp_path / "empty")
   # A batch closes where the image size changes.
   from PIL import Image
   Image.fromarray(np.zeros((8, 9, 3), np.uint8)).save(tmp_path / "folder" / "z.png")
-  shapes = [b.shape for b in F.open_source(tmp_path / "folder").batches(4)]
+  shapes = [b.shape for b in CLI.open_source(tmp_path / "folder").batches(4)]
   assert shapes == [(4, 32, 32, 3), (1, 32, 32, 3), (1, 8, 9, 3)]
 
 
@@ -527,9 +517,9 @@ def test_reference_stats_are_computed_once(tmp_path):
     return {"pool": np.repeat(batch.reshape(len(batch), -1)[:, :1].astype(np.float32), 4, axis=1)
             + np.arange(len(batch) * 4, dtype=np.float32).reshape(len(batch), 4)}
 
-  s1 = F.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
+  s1 = R.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
                          extractor=extractor, progress=False)
-  s2 = F.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
+  s2 = R.reference_stats("cifar10", images_fn, tmp_path, split="train", resolution=32,
                          extractor=extractor, progress=False)
   assert len(calls) == 1 and s1["count"] == 9 == s2["count"]
   assert (tmp_path / "fid_stats" / "cifar10-train-32px.npz").is_file()
@@ -552,7 +542,7 @@ def test_cli_errors(tmp_path, capsys, fake_weights_file):
   rc, _, err = _cli([str(tmp_path / "imgs"), "--is", "--weights", str(fake_weights_file)], capsys)
   assert rc == 2 and "logits" in err and len(err.strip().splitlines()) == 1
   # KID needs features: a statistics .npz on either side is one error line naming it
-  F.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
+  R.save_stats(tmp_path / "s.npz", F.compute_stats(np.random.default_rng(0).normal(size=(5, 4))))
   for argv in ([tmp_path / "imgs", tmp_path / "s.npz"], [tmp_path / "s.npz", tmp_path / "imgs"]):
     rc, out, err = _cli([*map(str, argv), "--kid", "--weights", str(fake_weights_file)], capsys)
     assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1
@@ -578,11 +568,11 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
   # The saved statistics reproduce the FID without the network; as files saved before sFID
   # (no mu_s, sigma_s: stripped here, which also spares two 2023-dim eigendecompositions) they
   # give it alone. sFID from saved statistics: tests/test_sfid.py.
-  sa = F.load_stats(tmp_path / "sa.npz")
+  sa = R.load_stats(tmp_path / "sa.npz")
   assert sa["count"] == 4 and sa["mu_s"].shape == (2023,) and sa["sigma_s"].shape == (2023, 2023)
   for name in ("sa", "sb"):
-    st = F.load_stats(tmp_path / f"{name}.npz")
-    F.save_stats(tmp_path / f"{name}_old.npz", {k: st[k] for k in ("mu", "sigma", "count")})
+    st = R.load_stats(tmp_path / f"{name}.npz")
+    R.save_stats(tmp_path / f"{name}_old.npz", {k: st[k] for k in ("mu", "sigma", "count")})
   rc, out2, err2 = _cli([str(tmp_path / "sb_old.npz"), str(tmp_path / "sa_old.npz")], capsys)
   assert rc == 0 and out2.startswith("FID:") and len(out2.splitlines()) == 1 and "no sFID" in err2
   assert float(out2.split("FID:")[1]) == pytest.approx(fid, rel=1e-9)
@@ -592,7 +582,7 @@ def test_cli_fid_end_to_end(tmp_path, capsys, fake_weights_file):
 def test_logits_head_and_inception_score(tmp_path, capsys):
   path = tmp_path / "with_logits.npz"
   W.save_params(fake_params(with_logits=True), path)
-  ex = I.InceptionExtractor(path, need_logits=True, batch_size=BATCH)
+  ex = X.InceptionExtractor(path, need_logits=True, batch_size=BATCH)
   out = ex(np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
   assert out["pool"].shape == (3, 2048) and out["logits"].shape == (3, 1008)
   _write_images(tmp_path / "a", 10)

@@ -32,9 +32,9 @@ import numpy as np
 import pytest
 
 from core.devices import make_mesh
-from core.evaluate import make_sampler
+from core.generate import make_sampler
 from core.experiment import resolve
-from core.schedules import alpha_sigma
+from core.schedules import alpha_sigma, make_schedule
 from core.shapes import ShapesSource
 from core.train import Trainer
 
@@ -121,7 +121,8 @@ def check_forward_marginals(samples, zs, schedule, tol=0.3):
 def check(tr, state, cfg, imgs, labels):
   samples, zs = draw(tr, state, cfg, labels)
   check_memorised(samples, imgs, labels)
-  check_forward_marginals(samples, zs, tr.schedule)   # the schedule training used
+  # the schedule training used, made afresh from the config (not the model function's)
+  check_forward_marginals(samples, zs, make_schedule(cfg.schedule, cfg.resolution))
 
 
 @functools.lru_cache(maxsize=1)
@@ -149,7 +150,7 @@ def _eps_sign_error(monkeypatch):
   monkeypatch.setattr(D, "v_from_x_eps", wrong)
 
 
-def _x_sign_error(monkeypatch):
+def _x_sign_error(monkeypatch, tr=None):
   """x_hat = alpha z + sigma v_hat instead of - (sampling only: training compares outputs)."""
   import core.diffusion as D
   def wrong(z, v, logsnr):
@@ -158,15 +159,14 @@ def _x_sign_error(monkeypatch):
   monkeypatch.setattr(D, "x_from_v", wrong)
 
 
-def _cosine_at_sampling(monkeypatch):
-  """The sampler builds the unshifted cosine schedule while training used the shifted one."""
-  import core.schedules as SC
+def _cosine_at_sampling(monkeypatch, tr):
+  """The model function samples with the unshifted cosine schedule while training used the
+  shifted one."""
   from core.config import ScheduleConfig
-  real = SC.make_schedule
-  monkeypatch.setattr(SC, "make_schedule", lambda cfg, d: real(ScheduleConfig(), d))
+  monkeypatch.setattr(tr, "schedule", make_schedule(ScheduleConfig(), tr.cfg.resolution))
 
 
-def _grid_off_by_one(monkeypatch):
+def _grid_off_by_one(monkeypatch, tr=None):
   """Each step from t to s is labelled one grid point too high: the network is told the noise
   level of the step before (t + 1/steps, clipped at 1) and steps to t."""
   import core.samplers as S
@@ -181,7 +181,7 @@ def _grid_off_by_one(monkeypatch):
                          ids=lambda f: f.__name__.strip("_"))
 def test_sampling_mutations_are_caught(mutation, monkeypatch):
   imgs, labels, cfg, tr, state = _trained()
-  mutation(monkeypatch)
+  mutation(monkeypatch, tr)
   with pytest.raises(AssertionError):
     check(tr, state, cfg, imgs, labels)
 

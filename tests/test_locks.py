@@ -8,6 +8,7 @@ import time
 import pytest
 import yaml
 
+from analysis.results import metrics_path
 from core.runio import DirLock, LockHeld, read_json, read_jsonl
 from sweeps import run as runner
 
@@ -98,7 +99,7 @@ def test_a_run_another_process_holds_is_skipped_untouched_then_done_on_rerun(tmp
   assert "b-s0: done, skipped" in out
   assert read_json(str(sdir / "a-s0" / "status.json"))["state"] == "done"
   assert read_json(str(sdir / "b-s0" / "eval.json")) == b_eval
-  assert [r["step"] for r in read_jsonl(str(sdir / "a-s0" / "metrics.jsonl"))] == [1]
+  assert [r["step"] for r in read_jsonl(metrics_path(str(sdir / "a-s0")))] == [1]
   assert not (sdir / "a-s0" / ".lock").exists()
 
 
@@ -150,5 +151,5 @@ def test_the_same_sweep_started_twice_trains_each_run_once(tmp_path):
   sdir = tmp_path / "r" / "dropout_smoke"
   for rid in ("128-none-s0", "128-r=128-s0"):
     assert read_json(str(sdir / rid / "status.json"))["state"] == "done"
-    steps = [r["step"] for r in read_jsonl(str(sdir / rid / "metrics.jsonl"))]
+    steps = [r["step"] for r in read_jsonl(metrics_path(str(sdir / rid)))]
     assert steps == list(range(1, 21)), (rid, steps)

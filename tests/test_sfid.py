@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import fid as CLI
+from core import features as X
 from core import fid as F
+from core import reference as R
 from tests.golden import load as golden_npz
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,15 +92,15 @@ def _adm_batch(path, rng, n=5, dim=4, dim_s=3, drop=()):
 def test_adm_reference_batch_loads_as_statistics(tmp_path):
   rng = np.random.default_rng(1)
   want = _adm_batch(tmp_path / "VIRTUAL_ref.npz", rng, n=7)
-  st = F.load_stats(tmp_path / "VIRTUAL_ref.npz")
+  st = R.load_stats(tmp_path / "VIRTUAL_ref.npz")
   assert st["count"] == 7   # from arr_0's header
   for k in ("mu", "sigma", "mu_s", "sigma_s"):
     np.testing.assert_array_equal(st[k], want[k])
-  src = F.open_source(tmp_path / "VIRTUAL_ref.npz")
+  src = CLI.open_source(tmp_path / "VIRTUAL_ref.npz")
   assert src.stats is not None and src.images is None and src.count == 7
   # our saved statistics carry mu_s, sigma_s under the same names
-  F.save_stats(tmp_path / "ours.npz", st)
-  again = F.load_stats(tmp_path / "ours.npz")
+  R.save_stats(tmp_path / "ours.npz", st)
+  again = R.load_stats(tmp_path / "ours.npz")
   np.testing.assert_array_equal(again["sigma_s"], want["sigma_s"])
   assert F.sfid_from_stats(again, st) == 0.0
 
@@ -106,7 +109,7 @@ def test_adm_reference_batch_loads_as_statistics(tmp_path):
                                            (("mu", "sigma"), "'mu' and 'sigma'")])
 def test_adm_reference_batch_missing_key_is_one_line(tmp_path, drop, missing):
   _adm_batch(tmp_path / "ref.npz", np.random.default_rng(2), drop=drop)
-  for load in (F.load_stats, F.open_source):   # open_source must not fall back to its images
+  for load in (R.load_stats, CLI.open_source):   # open_source must not fall back to its images
     with pytest.raises(ValueError) as e:
       load(tmp_path / "ref.npz")
     msg = str(e.value)
@@ -118,20 +121,20 @@ def test_cli_prints_sfid_against_an_adm_reference_batch(tmp_path, capsys):
   rng = np.random.default_rng(3)
   _adm_batch(tmp_path / "ref.npz", rng)
   a = F.compute_stats(rng.normal(size=(9, 4)), rng.normal(size=(9, 3)))
-  F.save_stats(tmp_path / "a.npz", a)
+  R.save_stats(tmp_path / "a.npz", a)
   assert main([str(tmp_path / "a.npz"), str(tmp_path / "ref.npz")]) == 0
   out = dict(l.split(": ") for l in capsys.readouterr().out.splitlines())
-  ref = F.load_stats(tmp_path / "ref.npz")
+  ref = R.load_stats(tmp_path / "ref.npz")
   assert float(out["sFID"]) == pytest.approx(F.sfid_from_stats(a, ref), abs=1e-4)
   assert float(out["FID"]) == pytest.approx(F.fid_from_stats(a, ref), abs=1e-4)
   # statistics without the spatial part: FID only, and a note that says why
-  F.save_stats(tmp_path / "old.npz", F.compute_stats(rng.normal(size=(9, 4))))
+  R.save_stats(tmp_path / "old.npz", F.compute_stats(rng.normal(size=(9, 4))))
   assert main([str(tmp_path / "old.npz"), str(tmp_path / "ref.npz")]) == 0
   cap = capsys.readouterr()
   assert [l.split(":")[0] for l in cap.out.splitlines()] == ["FID"]
   assert "no sFID" in cap.err and str(tmp_path / "old.npz") in cap.err
   # spatial statistics of another dimension: one error line
-  F.save_stats(tmp_path / "d5.npz", F.compute_stats(rng.normal(size=(9, 4)), rng.normal(size=(9, 5))))
+  R.save_stats(tmp_path / "d5.npz", F.compute_stats(rng.normal(size=(9, 4)), rng.normal(size=(9, 5))))
   assert main([str(tmp_path / "d5.npz"), str(tmp_path / "ref.npz")]) == 2
   err = capsys.readouterr().err
   assert "spatial statistics of dimension" in err and len(err.strip().splitlines()) == 1
@@ -165,24 +168,24 @@ def test_reference_cache_without_spatial_is_computed_again(tmp_path):
   images = _images()
   old = _Extractor(spatial=False)
   kw = dict(split="train", resolution=4, progress=False)
-  s0 = F.reference_stats("toy", lambda: iter(images), tmp_path, extractor=old, **kw)
+  s0 = R.reference_stats("toy", lambda: iter(images), tmp_path, extractor=old, **kw)
   assert "mu_s" not in s0 and old.calls == 3
-  again = F.reference_stats("toy", lambda: iter(images), tmp_path, extractor=old, **kw)
+  again = R.reference_stats("toy", lambda: iter(images), tmp_path, extractor=old, **kw)
   assert old.calls == 3 and "mu_s" not in again
   new = _Extractor(spatial=True)
-  s1 = F.reference_stats("toy", lambda: iter(images), tmp_path, extractor=new, spatial=True, **kw)
+  s1 = R.reference_stats("toy", lambda: iter(images), tmp_path, extractor=new, spatial=True, **kw)
   assert new.calls == 3 and s1["features_s"].shape == (12, 5) and s1["sigma_s"].shape == (5, 5)
   for k in ("mu", "sigma", "features"):
     np.testing.assert_array_equal(s1[k], s0[k])
-  s2 = F.reference_stats("toy", lambda: iter(images), tmp_path, extractor=new, spatial=True, **kw)
+  s2 = R.reference_stats("toy", lambda: iter(images), tmp_path, extractor=new, spatial=True, **kw)
   assert new.calls == 3
   np.testing.assert_array_equal(s2["features_s"], s1["features_s"])
   with pytest.raises(ValueError, match="spatial=True"):
-    F.extract_features(iter(images), old, spatial=True, progress=False)
+    X.extract_features(iter(images), old, spatial=True, progress=False)
 
 
 def test_sample_and_floor_metrics_carry_sfid():
-  from core.evaluate import floor_metrics, sample_metrics
+  from core.fid import floor_metrics, sample_metrics
   rng = np.random.default_rng(5)
   pool_r, sp_r = rng.normal(size=(40, 6)), rng.normal(size=(40, 5))
   pool_o, sp_o = rng.normal(size=(30, 6)), rng.normal(size=(30, 5)) + 0.3

@@ -10,6 +10,7 @@ import time
 import pytest
 import yaml
 
+from analysis.results import metrics_path
 from core.runio import read_json, read_jsonl, run_state
 from sweeps import run as runner
 from sweeps.spec import TIERS, expand, load_sweep
@@ -232,7 +233,7 @@ def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
       c = ev["content"]
       assert c["resolution"] == 16 and c["fid_eval"] >= 0 and c["floor"]["fid_eval"] >= 0
     assert os.path.getsize(os.path.join(rd, "samples.png")) > 100
-    assert [r["step"] for r in read_jsonl(os.path.join(rd, "metrics.jsonl"))] == [1, 2]
+    assert [r["step"] for r in read_jsonl(metrics_path(rd))] == [1, 2]
   assert len(os.listdir(os.path.join(res, "_models"))) == 1  # trained once
 
 
@@ -308,7 +309,7 @@ def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
   assert read_json(str(sdir / "128-none-s0" / "eval.json")) == done_before
   for rid in ("128-none-s0", "128-r=128-s0", "128-r=64-s0"):
     assert read_json(str(sdir / rid / "status.json"))["state"] == "done"
-    steps = [r["step"] for r in read_jsonl(str(sdir / rid / "metrics.jsonl"))]
+    steps = [r["step"] for r in read_jsonl(metrics_path(str(sdir / rid)))]
     assert steps == [1, 2], (rid, steps)
   assert sorted(os.listdir(sdir)) == sorted(["128-none-s0", "128-r=128-s0", "128-r=64-s0",
                                              "sweep.json"])
@@ -468,7 +469,7 @@ def test_a_second_sweep_file_reuses_the_model_the_first_trained(tmp_path, monkey
   assert runner.main([str(tmp_path / "second.yaml"), "--results", str(res), "--no-progress"]) == 0
   assert os.listdir(res / "_models") == [model]                       # one model
   assert sorted(os.listdir(res / "_models" / model / "ckpt")) == ckpts  # not trained again
-  assert [r["step"] for r in read_jsonl(str(res / "second_paper" / "a-s0" / "metrics.jsonl"))] == [1]
+  assert [r["step"] for r in read_jsonl(metrics_path(str(res / "second_paper" / "a-s0")))] == [1]
   assert read_json(str(res / "second_paper" / "a-s0" / "eval.json"))["step"] == 1
 
 

@@ -83,7 +83,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     train(cfg, str(tmp_path))
   monkeypatch.setattr(train_lib, "diffusion_loss", real)
   tr = Trainer(cfg)
-  state, _ = train_lib.restore_latest(train_lib._checkpoint_manager(str(tmp_path), cfg), tr)
+  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg), tr)
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in _leaves(state.params))
   # No checkpoint yet: the message must not promise one.
@@ -112,7 +112,7 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
   msgs = []
-  state, _ = train_lib.restore_latest(train_lib._checkpoint_manager(str(tmp_path), cfg),
+  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg),
                                       Trainer(cfg), log=msgs.append)
   assert int(state.step) == 2
   assert any("step 4 is unreadable" in m for m in msgs)
@@ -122,7 +122,7 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
       os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "ckpt" / kept[0]) for f in fs),
       "rb").read() == b"garbage"
   assert int(train(cfg, str(tmp_path)).state.step) == 4
-  state, _ = train_lib.restore_latest(train_lib._checkpoint_manager(str(tmp_path), cfg),
+  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg),
                                       Trainer(cfg))
   assert int(state.step) == 4
 
@@ -176,7 +176,8 @@ def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
 
 _COMPILE = """
 import functools, os, time
-import core, jax, jax.numpy as jnp
+import core.devices, jax, jax.numpy as jnp
+core.devices.setup()   # what every entry point calls first
 f = jax.jit(lambda x: functools.reduce(lambda a, i: jnp.tanh(a @ a.T) + i, range(80), x))
 t = time.perf_counter(); f(jnp.ones((64, 64))).block_until_ready()
 print(time.perf_counter() - t)
