@@ -143,6 +143,22 @@ class OptimConfig:
   # form), so that a short run's EMA is not dominated by its first, untrained steps. The
   # paper's 0.9999 over millions of steps needs none (default off); the cpu tier's runs do.
   ema_warmup: bool = False
+  # Post-hoc EMA (EDM2, Karras et al. 2024; core.phema): power-function EMA profiles of these
+  # sigma_rel are tracked beside ema_params (which stays as it is) and snapshotted every
+  # phema_every steps and at the last into <model dir>/phema/, so that evaluation can
+  # reconstruct any EMA length (ema.sigma_rel). Off at every tier: optim.phema=true turns it
+  # on (a model of its own: its key differs).
+  phema: bool = False
+  phema_sigma_rels: tuple[float, ...] = (0.05, 0.10)   # EDM2's two profiles
+  phema_every: int = 0            # snapshot interval in steps; 0: train.steps // 20 (EDM2 keeps
+                                  # one every 8Mi images, a few hundred over its runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmaConfig:
+  """Which average of the trained parameters evaluation uses (may change at evaluation)."""
+  sigma_rel: float = 0.0          # 0: the run's own EMA (optim.ema_decay); > 0: the post-hoc
+                                  # EMA of this relative std (EDM2), from optim.phema's snapshots
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,6 +190,23 @@ class EvalConfig:
   grid_size: int = 64             # images in the PNG sample grid
   ref_num: int = 0                # images of each reference split (0: the split, at most 50k)
   seed: int = 0                   # sampling seed (labels and noise)
+  # The variational bound in bits/dim (VDM; core.bound) on held-out images of each split, under
+  # one fixed evaluation schedule between fixed end points whatever the run was trained with,
+  # so that it scores every arm of a sweep alike; class-conditional models get the images'
+  # true labels. [?] not in SPEC: the end points are a reading. -12 and 10 lie inside the
+  # trained range of every arm of the noise-shift study at every tier (cosine [-15, 15] shifted
+  # by 0 to -4.16 nats: the narrowest is [-19.2, 10.8]); at 10 the decoder's sigma / alpha =
+  # e^-5 = 0.0067 is below the 2/255 = 0.0078 spacing of the data's values, so it still tells
+  # neighbouring values apart (its term is then 1.83 bits/dim on the cpu tier's data, the same
+  # for every model; a higher end would make it smaller but leave some arms' trained range).
+  bound: bool = True
+  bound_num: int = 0              # images of each split; 0: eval.num_samples
+  bound_times: int = 8            # times per image (a randomly shifted lattice)
+  bound_logsnr_min: float = -12.0
+  bound_logsnr_max: float = 10.0
+  bound_schedule: str = "linear"  # where the times fall between the end points (core.bound
+                                  # EVAL_SCHEDULES): linear in logSNR | cosine; the bound does
+                                  # not depend on it, its standard error does
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +223,7 @@ class ExperimentConfig:
   eval: EvalConfig = EvalConfig()
   cond: CondConfig = CondConfig()
   cascade: CascadeConfig = CascadeConfig()
+  ema: EmaConfig = EmaConfig()
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -320,12 +354,13 @@ def experiment_from_dict(d: Optional[dict[str, Any]] = None) -> ExperimentConfig
 # Counts and sizes that no run can have at zero or below: caught when the config is resolved,
 # not as a division by zero or an empty loop mid-run.
 POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
-            "train.ckpt_every", "eval.num_samples", "eval.batch_size", "sampler.steps")
+            "train.ckpt_every", "eval.num_samples", "eval.batch_size", "sampler.steps",
+            "eval.bound_times")
 
 
 # Counts that may be zero but not below.
 NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
-                "loss.weight_cap")
+                "loss.weight_cap", "eval.bound_num", "optim.phema_every")
 
 
 def get_dotted(cfg, key: str) -> Any:
@@ -345,6 +380,20 @@ def check_values(cfg: ExperimentConfig) -> None:
     v = get_dotted(cfg, key)
     if v < 0:
       raise ConfigError(f"{key} must be >= 0, got {v}")
+  e = cfg.eval
+  if not e.bound_logsnr_min < e.bound_logsnr_max:
+    raise ConfigError(f"eval.bound_logsnr_min={e.bound_logsnr_min:g} must be below "
+                      f"eval.bound_logsnr_max={e.bound_logsnr_max:g}")
+  # a power-function profile is t^gamma, gamma >= 0: sigma_rel below 1/sqrt(12) = 0.2887
+  # (core.phema.exp_to_std(0))
+  for key, values in (("ema.sigma_rel", [cfg.ema.sigma_rel] if cfg.ema.sigma_rel else []),
+                      ("optim.phema_sigma_rels", list(cfg.optim.phema_sigma_rels))):
+    for v in values:
+      if not 0 < v < 0.288:
+        raise ConfigError(f"{key}={v:g} is outside (0, 0.288), the lengths a power-function "
+                          f"EMA can have; pass {key} between, e.g. 0.05 to 0.15 (EDM2)")
+  if cfg.optim.phema and not cfg.optim.phema_sigma_rels:
+    raise ConfigError("optim.phema=true needs optim.phema_sigma_rels, e.g. [0.05, 0.1] (EDM2)")
 
 
 def check_choice(key: str, value: str, registry) -> None:

@@ -1,13 +1,16 @@
 """The evaluation of a trained run, from its checkpoints: its record and its command.
 
-    python -m core.evaluate RUN_DIR [eval.*=... sampler.*=...]   ->  RUN_DIR/evals/<name>.json
+    python -m core.evaluate RUN_DIR [eval.*=... sampler.*=... ema.sigma_rel=...]
+        ->  RUN_DIR/evals/<name>.json
 
 `evaluate_dir` is the one path from a run directory to its figures: it reads the run's
 config.yaml, restores each stage's EMA parameters from its model directory
-(core.train.restore_ema; no data pipeline, no optimiser), samples, scores and writes the
-record. The sweep (sweeps.execute) calls it for eval.json after training; the command calls it
-for a new record in evals/. FID "train" compares the samples with the training split's
-statistics, FID "eval" with the evaluation split's (SPEC section 3).
+(core.train.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
+of that length from the snapshots, core.phema), samples, scores, computes the variational
+bound in bits/dim on held-out images (core.bound) and writes the record. The sweep
+(sweeps.execute) calls it for eval.json after training; the command calls it for a new record
+in evals/. FID "train" compares the samples with the training split's statistics, FID "eval"
+with the evaluation split's (SPEC section 3).
 
 The record is the union of what each function of RECORD returns for an Evaluation: a new
 figure is one more such function, added there.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import math
 import os
 import sys
@@ -34,7 +38,7 @@ from core.metrics import METRICS_FILE, combined_speed, run_speed
 from core.reference import box_downsample, reference_figures
 from core.runio import read_json, read_jsonl, write_json_atomic
 from core.sources import content_resolution
-from core.train import TrainedModel, restore_ema
+from core.train import TrainedModel, ema_sigma_rel, restore_ema
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +96,8 @@ def model_figures(ev: Evaluation) -> dict:
          # how the samples were drawn (issue 13: evaluation records say so)
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
                      "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
-         "devices": jax.device_count(), "processes": jax.process_count()}
+         "devices": jax.device_count(), "processes": jax.process_count(),
+         "ema": ema_record(cfg, last.step)}
   if jax.process_count() == 1:
     from core.devices import devices_for_batch
     out["devices"] = len(devices_for_batch(min(cfg.eval.batch_size, n)))
@@ -101,6 +106,16 @@ def model_figures(ev: Evaluation) -> dict:
   if len(ev.stages) > 1:
     out["stages"] = [s.model.cfg.resolution for s in ev.stages]
   return out
+
+
+def ema_record(cfg: ExperimentConfig, step: int) -> dict:
+  """Which average of the parameters was evaluated, and its length as EDM2's sigma_rel: the
+  post-hoc EMA that ema.sigma_rel asked for, or the run's own EMA (optim.ema_decay, its
+  warm-up, over the run's steps), whose equivalent sigma_rel is recorded either way."""
+  own = ema_sigma_rel(cfg.optim, step) if step > 0 else None
+  post_hoc = cfg.ema.sigma_rel > 0
+  return {"post_hoc": post_hoc, "sigma_rel": cfg.ema.sigma_rel if post_hoc else own,
+          "own_sigma_rel": own}
 
 
 def scored_content(cfg: ExperimentConfig) -> Optional[int]:
@@ -200,8 +215,108 @@ def sample_figures(ev: Evaluation) -> dict:
   return out
 
 
+_NO_BOUND = {"bpd_eval": None, "bpd_eval_se": None, "bpd_train": None, "bpd_train_se": None}
+_SPLIT_STREAM = {"eval": 0, "train": 1}   # the bound's randomness, one stream per split
+
+
+def bound_program(model: TrainedModel, cfg: ExperimentConfig, batch: int):
+  """The jitted bound of one batch over the mesh, (images uint8, labels, image indices, split)
+  -> per-image terms in nats (core.bound.bound_terms). Image i's times and noise come from
+  fold_in(key of its split, i), so its terms do not depend on the batching."""
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from core import bound
+  from core.devices import make_mesh
+  from core.diffusion import get_prediction
+  e = cfg.eval
+  mesh = make_mesh(batch=batch)
+  rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
+  pred = get_prediction(cfg.model.prediction)
+  schedule = bound.eval_schedule(e.bound_schedule, e.bound_logsnr_min, e.bound_logsnr_max)
+
+  # Parameters are an argument, not a closure (closed-over arrays become constants).
+  @functools.partial(jax.jit, out_shardings=rows)
+  def terms(params, images, labels, idx, key_data):
+    x = images.astype(jnp.float32) / 127.5 - 1.0
+    base = jax.random.wrap_key_data(key_data)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(idx)
+
+    def x_hat(z, logsnr):   # the network's raw output (x, eps or v) as x_hat, exactly
+      out = model.apply(params, z, logsnr, labels, train=False)
+      return pred.to_x(out.astype(jnp.float32), z, logsnr)
+    return bound.bound_terms(x_hat, x, keys, schedule, e.bound_logsnr_min,
+                             e.bound_logsnr_max, e.bound_times)
+
+  def put(a, sharding):   # host data, the same on every process -> a global array
+    if jax.process_count() == 1:
+      return jax.device_put(a, sharding)
+    return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
+  params = jax.device_put(model.params, rep)
+
+  def run(images, labels, idx, stream: int):
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(e.seed), 7), stream)
+    return terms(params, put(images, rows), put(labels, rows), put(idx, rows),
+                 put(np.asarray(jax.random.key_data(key)), rep))
+  return run
+
+
+def bound_terms_of_split(program, cfg: ExperimentConfig, split: str, stream: int, num: int,
+                         batch: int, progress: bool) -> dict:
+  """The bound's per-image terms in nats on `num` images of `split` (those that reference
+  statistics read), as float64 arrays."""
+  from core.generate import gather_rows, local_rows
+  from core.pipeline import iterate_uint8
+  out: dict = {}
+  done = 0
+  for images, labels in iterate_uint8(cfg.data, cfg.resolution, split, num, batch, progress,
+                                      labels=True):
+    n = len(images)
+    take = np.arange(batch) % n           # a short last batch padded with its own rows
+    t = program(images[take], labels[take].astype(np.int32),
+                (done + take).astype(np.int32), stream)
+    for k, v in t.items():
+      local, at = local_rows(v)
+      out.setdefault(k, []).append(gather_rows(local, at)[:n])
+    done += n
+  return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+
+
+def bound_figures(ev: Evaluation) -> dict:
+  """The variational bound in bits/dim (core.bound) on held-out images of the eval split and
+  on the train split: the mean over images and its standard error, with the terms and the
+  evaluation schedule it was computed under. A cascade, or a model conditioned on more than
+  its class, has no single model's bound: null."""
+  from core import bound
+  cfg, e = ev.cfg, ev.cfg.eval
+  if not e.bound:
+    return dict(_NO_BOUND)
+  if len(ev.stages) > 1 or cfg.cond.task != "none":
+    return {**_NO_BOUND, "bound": {"skipped": "a cascade or a super-resolution stage: no "
+                                   "single model's bound"}}
+  num = e.bound_num or e.num_samples
+  batch = min(e.batch_size, num)
+  program = bound_program(ev.stages[-1].model, cfg, batch)
+  dims = cfg.resolution ** 2 * cfg.model.out_channels
+  out = dict(_NO_BOUND)
+  rec = {"schedule": e.bound_schedule, "logsnr_min": e.bound_logsnr_min,
+         "logsnr_max": e.bound_logsnr_max, "times": e.bound_times,
+         "decoder": "discretized, 256 values",
+         "labels": "the images' own" if cfg.model.num_classes else "none (unconditional)"}
+  for name, split in (("eval", cfg.data.eval_split), ("train", cfg.data.split)):
+    nats = bound_terms_of_split(program, cfg, split, _SPLIT_STREAM[name], num, batch,
+                                ev.progress)
+    bpd = {k: bound.bits_per_dim(v, dims) for k, v in nats.items()}
+    total = bpd["prior"] + bpd["diffusion"] + bpd["recon"]
+    se = float(np.std(total, ddof=1) / math.sqrt(len(total))) if len(total) > 1 else None
+    out[f"bpd_{name}"], out[f"bpd_{name}_se"] = float(np.mean(total)), se
+    rec[name] = {"num": len(total), "bpd": float(np.mean(total)), "bpd_se": se,
+                 **{k: float(np.mean(v)) for k, v in bpd.items()}}
+  out["bound"] = rec
+  return out
+
+
 # Each returns some of the record's keys; together they are the record (eval.json).
-RECORD: tuple[Callable[[Evaluation], dict], ...] = (model_figures, sample_figures)
+RECORD: tuple[Callable[[Evaluation], dict], ...] = (model_figures, sample_figures, bound_figures)
 
 
 def evaluate(ev: Evaluation) -> dict:
@@ -220,7 +335,7 @@ def evaluate(ev: Evaluation) -> dict:
 
 
 # What may change between training and an evaluation: anything else would be another model.
-EVAL_SECTIONS = ("eval", "sampler")
+EVAL_SECTIONS = ("eval", "sampler", "ema")
 
 
 def model_dirs(run_dir: str, cfg: ExperimentConfig) -> list[str]:
@@ -258,7 +373,7 @@ def eval_config(run_dir: str, overrides: dict) -> ExperimentConfig:
                       "the config.yaml its training wrote")
   for k, v in overrides.items():
     if k.split(".")[0] not in EVAL_SECTIONS:
-      raise ConfigError(f"{k}: only {' and '.join(s + '.*' for s in EVAL_SECTIONS)} keys can "
+      raise ConfigError(f"{k}: only {', '.join(s + '.*' for s in EVAL_SECTIONS)} keys can "
                         "change at evaluation (any other key is another trained model)")
     set_dotted(d, k, v)
   return resolve(d)
@@ -269,6 +384,8 @@ def _record_name(cfg: ExperimentConfig, out_dir: str) -> tuple[str, str]:
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
   base = (f"{stamp}-n{cfg.eval.num_samples}-{cfg.sampler.name}{cfg.sampler.steps}"
           f"-g{cfg.sampler.guidance_scale:g}-seed{cfg.eval.seed}")
+  if cfg.ema.sigma_rel > 0:
+    base += f"-phema{cfg.ema.sigma_rel:g}"
   name, i = base, 1
   while os.path.exists(os.path.join(out_dir, name + ".json")):
     name, i = f"{base}-{i}", i + 1
@@ -282,7 +399,7 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
   record=None: a new record run_dir/evals/<name>.json with its grid <name>.png, nothing else
   in run_dir touched (what the command writes). record="eval.json": the run's own record,
   with its grid samples.png (what the sweep writes, which the tables read). overrides:
-  eval.* and sampler.* keys only.
+  eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.phema).
   """
   from core.cdm import stage_configs
   overrides = dict(overrides or {})
@@ -316,7 +433,7 @@ def main(argv: Optional[list] = None) -> int:
   ap = argparse.ArgumentParser(description="Evaluate a finished run from its saved EMA "
                                "parameters into RUN_DIR/evals/, without retraining.")
   ap.add_argument("run_dir")
-  ap.add_argument("overrides", nargs="*", help="eval.* and sampler.* keys, key=value")
+  ap.add_argument("overrides", nargs="*", help="eval.*, sampler.* and ema.* keys, key=value")
   ap.add_argument("--no-progress", action="store_true")
   args = ap.parse_intermixed_args(argv)
   setup()
@@ -327,7 +444,9 @@ def main(argv: Optional[list] = None) -> int:
     print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
     return 2
   rec = read_json(path) or {}
-  print(f"{path}: FID eval {rec.get('fid_eval')}, KID eval {rec.get('kid_eval')}, "
+  bpd = "" if rec.get("bpd_eval") is None else \
+      f", bits/dim eval {rec['bpd_eval']:.4f} ± {rec.get('bpd_eval_se') or 0:.4f} (s.e.)"
+  print(f"{path}: FID eval {rec.get('fid_eval')}, KID eval {rec.get('kid_eval')}{bpd}, "
         f"{rec['num_samples']} samples, {rec['eval_time_s']:.0f} s")
   return 0
 

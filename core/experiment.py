@@ -77,6 +77,7 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
 def check_names(cfg: ExperimentConfig) -> None:
   """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
   typo fails when the config is resolved rather than when training or sampling reaches it."""
+  from core.bound import EVAL_SCHEDULES
   from core.diffusion import LOSSES, PREDICTIONS
   from core.samplers import SAMPLERS
   from core.schedules import SCHEDULES
@@ -86,14 +87,16 @@ def check_names(cfg: ExperimentConfig) -> None:
                                ("model.prediction", cfg.model.prediction, PREDICTIONS),
                                ("sampler.name", cfg.sampler.name, SAMPLERS),
                                ("data.source", cfg.data.source, SOURCES),
-                               ("data.upsample", cfg.data.upsample, UPSAMPLE)):
+                               ("data.upsample", cfg.data.upsample, UPSAMPLE),
+                               ("eval.bound_schedule", cfg.eval.bound_schedule,
+                                EVAL_SCHEDULES)):
     check_choice(key, value, registry)
 
 
 # Settings that never change the trained parameters: how a run logs, checkpoints, shows
 # progress, feeds its data (the batches are the same whatever the workers), lays out devices
 # and processes, and everything that only sampling and evaluation read.
-NOT_TRAINING = ("name", "sampler.", "eval.", "data.eval_split", "data.num_workers",
+NOT_TRAINING = ("name", "sampler.", "eval.", "ema.", "data.eval_split", "data.num_workers",
                 "data.prefetch", "train.log_every", "train.ckpt_every", "train.keep_ckpts",
                 "train.progress", "train.fsdp", "train.distributed", "train.coordinator_address",
                 "train.num_processes", "train.process_id", "train.log_to", "model.preset")
@@ -118,6 +121,8 @@ def _dormant(cfg: ExperimentConfig) -> tuple[str, ...]:
     out.append("model.dropout_max_res")
   if not 0 < cfg.data.content_resolution < cfg.resolution:   # images made at the resolution
     out += ["data.content_resolution", "data.upsample"]
+  if not cfg.optim.phema:
+    out += ["optim.phema_sigma_rels", "optim.phema_every"]
   return tuple(out)
 
 
@@ -146,8 +151,11 @@ def legacy_train_key(cfg: ExperimentConfig) -> str:
   """The key of models trained before KEY_VERSION 2 (in <sweep>/_models/), so that their
   runs still resume and evaluate."""
   d = to_dict(cfg)
-  for k in ("sampler", "eval", "name"):
+  for k in ("sampler", "eval", "name", "ema"):
     d.pop(k)
+  if not cfg.optim.phema:   # fields added since, at their defaults
+    for k in ("phema", "phema_sigma_rels", "phema_every"):
+      d["optim"].pop(k)
   for k in ("cond", "cascade"):
     if d[k] == to_dict(getattr(ExperimentConfig(), k)):
       d.pop(k)

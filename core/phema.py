@@ -20,8 +20,6 @@ import numpy as np
 
 SNAPSHOTS = "phema"            # the folder in a model directory
 _NAME = re.compile(r"^(\d{8})\.npz$")
-# gamma = 0 (a uniform average over all of training) is the widest profile the form covers.
-SIGMA_REL_MAX = float(np.sqrt(1 / (4 * 3)))
 
 
 def exp_to_std(gamma):

@@ -188,10 +188,10 @@ def make_dataset(cfg: DataConfig, resolution: int, batch_size: int, seed: int,
 
 
 def iterate_uint8(cfg: DataConfig, resolution: int, split: str, num: int, batch_size: int,
-                  progress: bool = False) -> Iterator[np.ndarray]:
+                  progress: bool = False, labels: bool = False) -> Iterator[Any]:
   """`num` images of a split (all, or a fixed random subset in index order), unflipped, as
   uint8 (b, R, R, 3) batches (the last one may be smaller); for reference statistics. A split with fewer images yields
-  all of them, with a warning."""
+  all of them, with a warning. labels: (images, int32 labels) pairs instead."""
   import grain
   if batch_size < 1 or num < 1:
     raise ConfigError(f"iterate_uint8: num={num} and batch_size={batch_size} must be positive")
@@ -217,7 +217,7 @@ def iterate_uint8(cfg: DataConfig, resolution: int, split: str, num: int, batch_
       for b in it:
         if bar is not None:
           bar.update(len(b["image"]))
-        yield b["image"]
+        yield (b["image"], b["label"]) if labels else b["image"]
     finally:
       if bar is not None:
         bar.close()

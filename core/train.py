@@ -23,8 +23,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from core import pipeline
-from core import models
+from core import models, phema, pipeline
 from core.conditioning import make_task
 from core.devices import make_mesh
 from core.config import ExperimentConfig, OptimConfig, to_dict
@@ -40,6 +39,13 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+
+
+@flax.struct.dataclass
+class PhemaTrainState(TrainState):
+  """A TrainState with the tracked post-hoc EMA profiles (optim.phema): one parameter tree per
+  optim.phema_sigma_rels. Its own class, so that checkpoints without them still restore."""
+  phema: Any
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -66,6 +72,25 @@ def ema_decay(cfg: OptimConfig, step):
     return cfg.ema_decay
   k = jnp.asarray(step, jnp.float32)
   return jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
+
+
+def ema_sigma_rel(cfg: OptimConfig, steps: int) -> float:
+  """The length of the run's own EMA (ema_decay over `steps` updates) as EDM2 measures any
+  average: the std of its weights over training time, relative to the run's length; what
+  ema.sigma_rel would have to be for a post-hoc EMA of the same length."""
+  decays = np.broadcast_to(np.asarray(ema_decay(cfg, np.arange(steps))), (steps,))
+  return phema.profile_sigma_rel(phema.ema_weights(decays))
+
+
+def phema_every(cfg: ExperimentConfig) -> int:
+  """The steps between post-hoc EMA snapshots (optim.phema_every; 0: train.steps // 20)."""
+  return cfg.optim.phema_every or max(cfg.train.steps // 20, 1)
+
+
+def phema_due(cfg: ExperimentConfig, step: int) -> bool:
+  """Whether training keeps a post-hoc EMA snapshot at `step`: every phema_every steps and
+  at the last, the step evaluation reconstructs at."""
+  return cfg.optim.phema and (step % phema_every(cfg) == 0 or step == cfg.train.steps)
 
 
 def learning_rate(cfg: OptimConfig, step) -> float:
@@ -110,6 +135,9 @@ class Trainer:
     self.task = make_task(cfg)   # extra model inputs, e.g. CDM's low-res image (cond.task)
     self.schedule = make_schedule(cfg.schedule, cfg.resolution)
     self.optimizer = make_optimizer(cfg.optim)
+    # the power-function exponents of the tracked post-hoc EMA profiles (EDM2 eq. 126)
+    self.phema_gammas = tuple(float(g) for g in phema.std_to_exp(
+        cfg.optim.phema_sigma_rels)) if cfg.optim.phema else ()
     self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
     self.state_sharding = state_shardings(self.abstract_state, self.mesh, cfg.train.fsdp)
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -122,9 +150,13 @@ class Trainer:
 
   def _init(self, key) -> TrainState:
     params = models.init_params(self.cfg.model, self.cfg.resolution, key)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params),
-                      opt_state=self.optimizer.init(params))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       ema_params=jax.tree.map(jnp.copy, params),
+                       opt_state=self.optimizer.init(params))
+    if not self.phema_gammas:
+      return state
+    return PhemaTrainState(**vars(state), phema=tuple(
+        jax.tree.map(jnp.copy, params) for _ in self.phema_gammas))
 
   def apply(self, params, z, logsnr, labels, *, train: bool, rng=None, **kw):
     labels = map_null_labels(labels, self.cfg.model.num_classes)
@@ -163,7 +195,12 @@ class Trainer:
     q_loss = (onehot * per[:, None]).sum(0) / jnp.maximum(onehot.sum(0), 1)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                **{f"loss_q{i}": q_loss[i] for i in range(4)}}
-    new = TrainState(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+    if self.phema_gammas:
+      t = (state.step + 1).astype(jnp.float32)   # the step this update makes
+      new = new.replace(phema=tuple(
+          jax.tree.map(lambda e, p, b=phema.power_beta(g, t): b * e + (1 - b) * p, prof, params)
+          for g, prof in zip(self.phema_gammas, state.phema)))
     return new, metrics
 
   def global_batch(self, local: dict) -> dict:
@@ -237,6 +274,17 @@ def _move_aside(mngr, step: int) -> str:
   return os.path.basename(dst)
 
 
+def save_phema_snapshot(workdir: str, state, sigma_rels) -> None:
+  """The tracked post-hoc EMA profiles of `state` into workdir/phema/ (process 0 writes; every
+  process takes part in gathering sharded parameters)."""
+  profiles = state.phema
+  if not all(x.is_fully_addressable for x in jax.tree.leaves(profiles)):
+    from jax.experimental import multihost_utils
+    profiles = multihost_utils.process_allgather(profiles, tiled=True)
+  if jax.process_index() == 0:
+    phema.save_snapshot(workdir, int(state.step), jax.device_get(profiles), sigma_rels)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -289,7 +337,11 @@ def restore_ema(cfg: ExperimentConfig, model_dir: str,
   if state is None:
     from core.config import ConfigError
     raise ConfigError(f"{model_dir}/ckpt has no readable checkpoint")
-  return trained_model(trainer, state, float(data.get("train_time_s", 0.0)))
+  model = trained_model(trainer, state, float(data.get("train_time_s", 0.0)))
+  if cfg.ema.sigma_rel > 0:   # the post-hoc EMA of that length instead of the run's own
+    model = dataclasses.replace(model, params=phema.reconstruct(
+        model_dir, jax.device_get(state.ema_params), cfg.ema.sigma_rel, model.step))
+  return model
 
 
 def trained_model(trainer: Trainer, state: TrainState, train_time_s: float = 0.0) -> TrainedModel:
@@ -397,6 +449,8 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
                "lr": learning_rate(cfg.optim, step), "img_per_s": ips, "time": time.time()}
         metrics.write(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
+      if phema_due(cfg, step):
+        save_phema_snapshot(workdir, state, cfg.optim.phema_sigma_rels)
       if ckpt_due:
         save_checkpoint(mngr, state, pipeline.iterator_state_to_json(it),
                         time_before + time.perf_counter() - t0)

@@ -267,6 +267,8 @@ CASES = [
   Case("train-unknown-schedule", lambda t, fx: [*MINI_ARGS, "schedule.name=nope"], T,
        "schedule.name"),
   Case("train-unknown-loss", lambda t, fx: [*MINI_ARGS, "loss.name=nope"], T, "loss.name"),
+  Case("train-phema-without-lengths", lambda t, fx: [
+      *MINI_ARGS, "optim.phema=true", "optim.phema_sigma_rels=[]"], T, "optim.phema_sigma_rels"),
   Case("train-unknown-preset", lambda t, fx: [*MINI_ARGS, "model.preset=nope"], T, "model.preset"),
   Case("train-unknown-data-source", lambda t, fx: [*MINI_ARGS, "data.source=nope"], T,
        "data.source"),
@@ -294,6 +296,12 @@ CASES = [
        "sampler.steps"),
   Case("evaluate-wrong-type", lambda t, fx: [run_dir(t, ckpt=True), "sampler.steps=many"], E,
        "sampler.steps"),
+  Case("evaluate-ema-too-long", lambda t, fx: [run_dir(t, ckpt=True), "ema.sigma_rel=0.5"], E,
+       "ema.sigma_rel=0.5 is outside (0, 0.288)"),
+  Case("evaluate-bound-end-points-swapped", lambda t, fx: [
+      run_dir(t, ckpt=True), "eval.bound_logsnr_min=12"], E, "eval.bound_logsnr_min=12"),
+  Case("evaluate-unknown-bound-schedule", lambda t, fx: [
+      run_dir(t, ckpt=True), "eval.bound_schedule=nope"], E, "eval.bound_schedule"),
   Case("evaluate-config-not-yaml", lambda t, fx: [
       os.path.dirname(_write(t / "run" / "config.yaml", "resolution: [\n"))], E, "config.yaml"),
   Case("evaluate-config-a-list", lambda t, fx: [

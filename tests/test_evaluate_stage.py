@@ -38,6 +38,12 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   assert abs(same["fid_eval"] - ev["fid_eval"]) < 1e-6
   assert abs(same["kid_train"] - ev["kid_train"]) < 1e-9
   assert same["step"] == ev["step"] and same["params"] == ev["params"]
+  # The bound in bits/dim on both splits, with its standard error and how it was computed; the
+  # same again from the checkpoint (each image's times and noise are its own).
+  assert ev["bpd_eval"] > 0 and ev["bpd_eval_se"] > 0 and ev["bpd_train"] > 0
+  assert ev["bound"]["eval"]["num"] == 8 and ev["bound"]["logsnr_max"] == 10.0
+  assert abs(same["bpd_eval"] - ev["bpd_eval"]) < 1e-6 * ev["bpd_eval"]
+  assert ev["ema"]["post_hoc"] is False and ev["ema"]["own_sigma_rel"] > 0
 
   # Another sample count and sampler: a new record with its settings; nothing else changes.
   # (4 samples: Inception pads them to the sweep's chunk of 8, so it does not compile again.)
@@ -58,6 +64,10 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   assert evaluate.main([rd, "model.base_channels=8", "--no-progress"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "model.base_channels" in err[0]
+  # A post-hoc EMA of a model trained without snapshots: one line saying how to get them.
+  assert evaluate.main([rd, "ema.sigma_rel=0.08", "--no-progress"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "optim.phema=true" in err[0], err
   assert evaluate.main([str(tmp_path), "--no-progress"]) == 2
   assert "config.yaml" in capsys.readouterr().err
   assert _files(rd) == after
