@@ -6,6 +6,9 @@ Paper-style figures, PNG and PDF of each, into RESULTS/figures/ (or --out):
   <sweep>_guidance   FID and IS against guidance scale (sweeps whose runs vary it)
   <sweep>_shift      FID against the schedule's shift in nats of logSNR, one line per resolution,
                      the optimum the content resolution predicts marked (sweeps that vary it)
+  <sweep>_<run>_ema  FID, FID @content and bits/dim against the EMA length sigma_rel of a run
+                     evaluated at several post-hoc EMA lengths (core.evaluate RUN_DIR
+                     ema.sigma_rel=...), the run's own EMA marked at its equivalent sigma_rel
   <sweep>_loss       smoothed training loss and FID against steps, per arm
   <sweep>_samples    every arm's samples.png, tiled with its label
 The first two are pure maths and always drawn; the others come from each sweep folder under
@@ -33,8 +36,8 @@ import pandas as pd
 import seaborn as sns
 
 from analysis import paper_numbers
-from analysis.results import (Sweep, arm_summary, finite, load_results, make_out_dir,
-                              readable_results, run_metrics, varies_guidance)
+from analysis.results import (Sweep, arm_summary, ema_length_records, finite, load_results,
+                              make_out_dir, readable_results, run_metrics, varies_guidance)
 
 NOISE_TS = (0.2, 0.4, 0.6, 0.8)
 SHAPES_INDEX = 1      # a triangle over a gradient: large shapes make lost signal easy to see
@@ -358,6 +361,55 @@ def shift_figure(sweep: Sweep) -> Optional[Figure]:
   return fig
 
 
+# --- (3c) metrics against the EMA length (post-hoc EMA) --------------------------------
+
+EMA_PANELS = (("fid_eval", "FID eval", None), ("fid_content", "FID eval @content", None),
+              ("bpd_eval", "bits/dim eval (variational bound)", "bpd_eval_se"))
+
+
+def ema_length_figure(run_dir: str, title: str = "") -> Optional[Figure]:
+  """FID eval, FID @content and bits/dim against the EMA length sigma_rel of one run: its
+  post-hoc EMA evaluations (core.evaluate ... ema.sigma_rel=...) as a line, and the run's own
+  EMA (eval.json) as a star at its equivalent sigma_rel. None below two post-hoc points."""
+  df = ema_length_records(run_dir)
+  if df.empty or int(df["post_hoc"].sum()) < 2:
+    return None
+  panels = [p for p in EMA_PANELS if df[p[0]].map(finite).any()]
+  ph, own = df[df["post_hoc"]], df[~df["post_hoc"]]
+  with style():
+    fig = Figure(figsize=(4.6 * len(panels), 4.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (k, label, se) in zip(axes, panels):
+      yerr = ph[se].fillna(0).values if se else None
+      ax.errorbar(ph["sigma_rel"], ph[k], yerr=yerr, color="C0", marker="o", lw=1.8,
+                  capsize=3, label="post-hoc EMA (power function)")
+      if len(own) and finite(own[k].iloc[0]):
+        o = own.iloc[0]
+        ax.errorbar([o["sigma_rel"]], [o[k]], yerr=[o[se]] if se and finite(o[se]) else None,
+                    color="C3", marker="*", ms=13, ls="none", capsize=3,
+                    label=f"the run's own EMA (σ_rel ≈ {o['sigma_rel']:.3f})")
+        ax.axvline(o["sigma_rel"], color="C3", ls=":", lw=1.2)
+      ax.set_xlabel("EMA length σ_rel (std of its weights / training length)")
+      ax.set_ylabel(label + " (lower is better)")
+      ax.legend(fontsize=8)
+    n = df["num_samples"].iloc[0]
+    fig.suptitle((title or os.path.basename(os.path.normpath(run_dir)))
+                 + f": metrics against the EMA length ({n:.0f} samples per point, the same "
+                 "noise at every point; bars: the bound's standard error over images)",
+                 fontsize=10)
+  return fig
+
+
+def ema_length_figures(sweep: Sweep) -> dict[str, Figure]:
+  """<sweep>_<run_id>_ema for each run evaluated at two or more post-hoc EMA lengths."""
+  out = {}
+  for rid, d in zip(sweep.runs["run_id"], sweep.runs["dir"]):
+    fig = ema_length_figure(d, f"{sweep.name} {rid}")
+    if fig is not None:
+      out[f"{sweep.name}_{rid}_ema"] = fig
+  return out
+
+
 # --- (4) training curves ---------------------------------------------------------------
 
 def _smooth(y: pd.Series) -> pd.Series:
@@ -548,6 +600,7 @@ def sweep_figures(sweep: Sweep, with_paper: Optional[bool] = None) -> dict[str, 
     fig = fn(sweep)
     if fig is not None:
       out[f"{sweep.name}_{suffix}"] = fig
+  out.update(ema_length_figures(sweep))
   return out
 
 

@@ -54,9 +54,11 @@ CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
 SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
 # after those, only where some run's data were made at a lower content resolution (issue 26)
 CONTENT_COLUMNS = ("FID eval @content", "KID eval @content ×10³")
+# before IS, only where some run reports the variational bound (core.bound); no floor
+BPD_COLUMN = "bits/dim eval"
 FLOOR_STATE = "real data"
 FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
-OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"))
+OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"), ("bpd_eval", "bits/dim eval"))
 PAIRWISE_MAX = 4       # above this many arms with intervals, compare each with the first only
 
 
@@ -115,7 +117,7 @@ def _arm_rows(r, paper: bool, table: str, cost) -> tuple[dict, dict]:
   is_pm = r["is_mean_ci95"] if n > 1 else r["is_split_std"]
   d = {"group": r["group"], "arm": r["arm"],
        **{c: _fmt(r[k] * sc, r[f"{k}_ci95"] * sc) for c, k, sc in CELLS},
-       "IS": _fmt(r["is_mean"], is_pm),
+       BPD_COLUMN: _fmt(r["bpd_eval"], r["bpd_eval_ci95"], 3), "IS": _fmt(r["is_mean"], is_pm),
        "speed": _pct(r["speed"]) if n or cost is not None else "",
        "params": human_count(r["params"]),
        "min/run": f"{r['minutes']:.1f}" if finite(r["minutes"]) else "", "seeds": str(n),
@@ -175,6 +177,8 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   if any(d.get(CONTENT_COLUMNS[0]) for d, _ in rows):
     at = cols.index(SFID_COLUMN if SFID_COLUMN in cols else "KID eval ×10³") + 1
     cols[at:at] = list(CONTENT_COLUMNS)
+  if any(d.get(BPD_COLUMN) for d, _ in rows):
+    cols.insert(cols.index("IS"), BPD_COLUMN)
   display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
   numbers = pd.DataFrame([x for _, x in rows])
   for c in numbers.columns:    # counts stay integers beside the floor rows' blanks
@@ -199,7 +203,8 @@ def overlap_text(arm_a: str, ia, arm_b: str, ib, metric: str) -> str:
 
 
 def overlap_notes(summ: pd.DataFrame) -> list[str]:
-  """Per group, whether the 95% intervals of FID eval and KID eval of two arms overlap: every
+  """Per group, whether the 95% intervals of FID eval, KID eval and (where runs report it)
+  bits/dim eval of two arms overlap: every
   pair of arms with intervals (later arm named first), or each against the group's first such
   arm where more than PAIRWISE_MAX have them. Groups without two such arms share one note."""
   notes, none = [], []
@@ -218,7 +223,9 @@ def overlap_notes(summ: pd.DataFrame) -> list[str]:
       if parts:
         notes.append(f"{g + ': ' if g else ''}{a['arm']} vs {b['arm']}: {'; '.join(parts)}.")
   if notes:
-    notes.insert(0, "95% intervals of FID eval and KID eval compared within each group "
+    bpd = " (and of bits/dim eval, where runs report it)" if summ["bpd_eval"].map(
+        finite).any() else ""
+    notes.insert(0, f"95% intervals of FID eval and KID eval{bpd} compared within each group "
                  "(pairwise, or each arm against the group's first where more than "
                  f"{PAIRWISE_MAX} arms have intervals): disjoint intervals are a sign of a real "
                  "difference, overlapping ones do not rule one out.")
@@ -241,7 +248,9 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
     notes.append("sweep.json lists no runs.")
     return notes
   if (summ["seeds"] > 1).any():
-    notes.append(f"± on FID, KID and IS: half-width of the 95% confidence interval of the mean "
+    what = "FID, KID, bits/dim and IS" if summ["bpd_eval"].map(finite).any() else \
+        "FID, KID and IS"
+    notes.append(f"± on {what}: half-width of the 95% confidence interval of the mean "
                  f"over seeds ({_seeds_text(summ)}), Student's t: t(0.975, n-1) * s / sqrt(n), "
                  "s the sample std (ddof=1); no ± where an arm has n=1.")
   elif (summ["seeds"] == 1).any():
@@ -258,6 +267,10 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   if summ["sfid_eval"].map(finite).any():
     notes.append("sFID: FID of the Inception's spatial features (mixed_6/conv, first 7 channels, "
                  "17x17x7 = 2023 values), as the ADM evaluator computes it.")
+  if summ["bpd_eval"].map(finite).any():
+    notes.append(f"bits/dim eval: the variational bound on -log p(x) (VDM) over held-out "
+                 f"images of the eval split, in bits per dimension ({bound_text(sweep)}); "
+                 "lower is better; the same for every arm whatever its training schedule.")
   if summ["fid_content"].map(finite).any():
     res = sorted({f"{x:.0f}" for x in sweep.runs.get("content_resolution", pd.Series(
         dtype=float)) if finite(x)})
@@ -304,6 +317,23 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
     else:
       notes.append(f"paper: the paper has no table {sweep.table!r}; paper columns are blank.")
   return notes
+
+
+def bound_text(sweep: Sweep) -> str:
+  """How the runs' bound was computed (eval.json "bound"): schedule, end points, times, and
+  the images' count, e.g. 'linear evaluation schedule on logSNR [-12, 10], 8 times per image,
+  256 images'; the settings of the first run that has them, or of each where they differ."""
+  seen = []
+  for d in sweep.runs["dir"]:
+    b = (read_json(os.path.join(d, "eval.json")) or {}).get("bound")
+    if isinstance(b, dict) and "schedule" in b:
+      num = (b.get("eval") or {}).get("num")
+      t = (f"{b['schedule']} evaluation schedule on logSNR [{b.get('logsnr_min'):g}, "
+           f"{b.get('logsnr_max'):g}], {b.get('times')} times per image"
+           + (f", {num} images" if num else ""))
+      if t not in seen:
+        seen.append(t)
+  return "; ".join(seen) or "settings not recorded"
 
 
 # --- writers ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ skipped, a missing eval.json leaves the numbers NaN, and so do keys an older eva
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Optional
@@ -27,11 +28,12 @@ from core.runio import read_json, read_jsonl, run_state
 
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
-             "eval_time_s", "steps", "guidance_scale", "sfid_eval", "resolution")
+             "eval_time_s", "steps", "guidance_scale", "sfid_eval", "resolution", "bpd_eval",
+             "bpd_eval_se", "bpd_train", "bpd_train_se")
 # eval.json "content": the samples box-downsampled to the data's content resolution (issue 26)
 CONTENT_KEYS = {"fid_content": "fid_eval", "kid_content": "kid_eval"}
 METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean", "sfid_eval",
-           *CONTENT_KEYS)
+           *CONTENT_KEYS, "bpd_eval", "bpd_train")
 FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
 # averaged too, but older eval.json files lack them: not in `distinct`
 FLOOR_EXTRA = ("sfid_eval", *CONTENT_KEYS)
@@ -237,6 +239,38 @@ def run_metrics(run_dir: str) -> pd.DataFrame:
     df = df[pd.to_numeric(df["step"], errors="coerce").notna()]
     df = df.sort_values("step", kind="stable").reset_index(drop=True)
   return df
+
+
+def ema_length_records(run_dir: str) -> pd.DataFrame:
+  """A run's evaluations at different EMA lengths: its eval.json (the run's own EMA) and each
+  evals/*.json, one row each, with "sigma_rel" (eval.json "ema": the post-hoc EMA's, or the
+  own EMA's equivalent), "post_hoc", "own_sigma_rel", fid_eval, fid_content, bpd_eval,
+  bpd_eval_se, "file"; only the records drawn like eval.json (sample count, sampler, eval
+  seed), so that the points differ in the EMA alone. Empty where eval.json has no "ema"."""
+  def key(ev):
+    st = ev.get("settings") or {}
+    return (ev.get("num_samples"), json.dumps(ev.get("sampler"), sort_keys=True),
+            (st.get("eval") or {}).get("seed"))
+  own = read_json(os.path.join(run_dir, "eval.json"))
+  if not isinstance(own, dict) or not isinstance(own.get("ema"), dict):
+    return pd.DataFrame()
+  files = [os.path.join(run_dir, "eval.json")]
+  d = os.path.join(run_dir, "evals")
+  if os.path.isdir(d):
+    files += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(".json")]
+  rows = []
+  for f in files:
+    ev = read_json(f)
+    if not isinstance(ev, dict) or not isinstance(ev.get("ema"), dict) or key(ev) != key(own):
+      continue
+    content = ev.get("content") if isinstance(ev.get("content"), dict) else {}
+    rows.append({"file": os.path.relpath(f, run_dir), "sigma_rel": _num(ev["ema"].get("sigma_rel")),
+                 "post_hoc": bool(ev["ema"].get("post_hoc")),
+                 "own_sigma_rel": _num(ev["ema"].get("own_sigma_rel")),
+                 **{k: _num(ev.get(k)) for k in ("fid_eval", "kid_eval", "bpd_eval",
+                                                  "bpd_eval_se", "num_samples")},
+                 "fid_content": _num(content.get("fid_eval"))})
+  return pd.DataFrame(rows).sort_values("sigma_rel", kind="stable").reset_index(drop=True)
 
 
 def arm_order(runs: pd.DataFrame) -> list[tuple[str, str]]:

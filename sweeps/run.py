@@ -35,7 +35,8 @@ def preflight(runs: list[RunSpec]) -> None:
 
 
 def summary_table(meta: dict, sdir: str) -> str:
-  head = f"{'run':40s} {'state':8s} {'FID train':>9s} {'FID eval':>9s} {'IS':>12s} {'img/s':>8s}"
+  head = (f"{'run':40s} {'state':8s} {'FID train':>9s} {'FID eval':>9s} {'bits/dim':>8s} "
+          f"{'IS':>12s} {'img/s':>8s}")
   lines = [head, "-" * len(head)]
   for run in meta["runs"]:
     rd = os.path.join(sdir, run["run_id"])
@@ -44,7 +45,7 @@ def summary_table(meta: dict, sdir: str) -> str:
     f = lambda k, p=2: "" if ev.get(k) is None else f"{ev[k]:.{p}f}"
     is_ = "" if ev.get("is_mean") is None else f"{ev['is_mean']:.2f}+-{ev.get('is_std', 0):.2f}"
     lines.append(f"{run['run_id'][:40]:40s} {st:8s} {f('fid_train'):>9s} {f('fid_eval'):>9s} "
-                 f"{is_:>12s} {f('train_img_per_s', 0):>8s}")
+                 f"{f('bpd_eval', 3):>8s} {is_:>12s} {f('train_img_per_s', 0):>8s}")
   return "\n".join(lines)
 
 

@@ -544,3 +544,65 @@ def test_content_columns_and_the_shift_figure(tmp_path):
   # a sweep that does not vary the schedule draws none
   assert make_figures.shift_figure(load_sweep(write_fake_sweep(
       str(tmp_path / "d"), sweep="dropout", table="3"))) is None
+
+
+def test_bits_per_dim_column_only_where_runs_report_it(tmp_path):
+  """bits/dim eval: mean ± the 95% t-interval over seeds, before IS, only where some run's
+  eval.json has the bound; its intervals join the overlap notes; no floor entry."""
+  sdir = _three_seeds(str(tmp_path))
+  assert make_tables.BPD_COLUMN not in make_tables.build_table(load_sweep(sdir)).display.columns
+  bound = {"schedule": "linear", "logsnr_min": -12.0, "logsnr_max": 10.0, "times": 8,
+           "eval": {"num": 256}}
+  for k, arm in enumerate(("cosine", "shift 64")):   # shift 32 reports none (an older run)
+    for seed in range(3):
+      p = os.path.join(sdir, run_id("128", arm, seed), "eval.json")
+      ev = _eval(sdir, run_id("128", arm, seed))
+      ev.update(bpd_eval=2.0 + 0.5 * k + 0.01 * seed, bpd_eval_se=0.002, bound=bound)
+      with open(p, "w") as fh:
+        json.dump(ev, fh)
+  t = make_tables.build_table(load_sweep(sdir))
+  cols = list(t.display.columns)
+  assert cols[cols.index("IS") - 1] == make_tables.BPD_COLUMN
+  d = t.display.set_index(["group", "arm"])
+  half = 0.01 * T975[2] / math.sqrt(3)
+  assert d.loc[("128", "cosine"), make_tables.BPD_COLUMN] == f"2.010 ± {half:.3f}"
+  assert d.loc[("128", "shift 32"), make_tables.BPD_COLUMN] == ""
+  assert d.loc[FLOOR_128, make_tables.BPD_COLUMN] == ""
+  n = t.numbers.set_index(["group", "arm"])
+  assert n.loc[("128", "shift 64"), "bpd_eval"] == pytest.approx(2.51)
+  assert n.loc[("128", "shift 64"), "bpd_eval_ci95"] == pytest.approx(half)
+  assert any(x.startswith("128: shift 64 vs cosine:") and
+             "bits/dim eval intervals do not overlap (cosine lower)" in x for x in t.notes)
+  assert any(x.startswith("bits/dim eval:") and "linear evaluation schedule on logSNR "
+             "[-12, 10], 8 times per image, 256 images" in x for x in t.notes)
+
+
+def test_the_ema_length_figure_reads_a_runs_post_hoc_evaluations(tmp_path):
+  """One point per evals/ record drawn like eval.json (the others are another experiment),
+  the run's own EMA apart; no figure below two post-hoc points."""
+  sdir = _three_seeds(str(tmp_path))
+  rid = run_id("128", "cosine", 0)
+  rd = os.path.join(sdir, rid)
+  ev = _eval(sdir, rid)
+  same = {"num_samples": 256, "sampler": {"name": "ddpm", "steps": 64},
+          "settings": {"eval": {"seed": 0}}}
+  own = {**ev, **same, "ema": {"post_hoc": False, "sigma_rel": 0.091, "own_sigma_rel": 0.091},
+         "bpd_eval": 3.0, "bpd_eval_se": 0.01}
+  with open(os.path.join(rd, "eval.json"), "w") as fh:
+    json.dump(own, fh)
+  assert make_figures.ema_length_figure(rd) is None
+  os.makedirs(os.path.join(rd, "evals"))
+  for i, s in enumerate((0.15, 0.05, 0.10)):
+    rec = {**own, "ema": {"post_hoc": True, "sigma_rel": s, "own_sigma_rel": 0.091},
+           "fid_eval": 50 + 100 * (s - 0.08) ** 2, "bpd_eval": 3.0 + s}
+    if i == 2:
+      rec["num_samples"] = 1024       # not comparable with eval.json's: left out
+    with open(os.path.join(rd, "evals", f"r{i}.json"), "w") as fh:
+      json.dump(rec, fh)
+  from analysis.results import ema_length_records
+  df = ema_length_records(rd)
+  assert list(df["sigma_rel"]) == [0.05, 0.091, 0.15]
+  assert list(df["post_hoc"]) == [True, False, True]
+  fig = make_figures.ema_length_figure(rd)
+  assert fig is not None and len(fig.axes) == 2          # no @content figures here: 2 panels
+  assert f"noise_shift_cpu_{rid}_ema" in make_figures.sweep_figures(load_sweep(sdir))
