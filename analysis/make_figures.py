@@ -364,7 +364,7 @@ def shift_figure(sweep: Sweep) -> Optional[Figure]:
 # --- (3c) metrics against the EMA length (post-hoc EMA) --------------------------------
 
 EMA_PANELS = (("fid_eval", "FID eval", None), ("fid_content", "FID eval @content", None),
-              ("bpd_eval", "bits/dim eval (variational bound)", "bpd_eval_se"))
+              ("bpd_eval", "bits/dim eval (the bound)", "bpd_eval_se"))
 
 
 def ema_length_figure(run_dir: str, title: str = "") -> Optional[Figure]:
@@ -389,13 +389,13 @@ def ema_length_figure(run_dir: str, title: str = "") -> Optional[Figure]:
                     color="C3", marker="*", ms=13, ls="none", capsize=3,
                     label=f"the run's own EMA (σ_rel ≈ {o['sigma_rel']:.3f})")
         ax.axvline(o["sigma_rel"], color="C3", ls=":", lw=1.2)
-      ax.set_xlabel("EMA length σ_rel (std of its weights / training length)")
-      ax.set_ylabel(label + " (lower is better)")
+      ax.set_xlabel("EMA length σ_rel (std of its weights / run length)")
+      ax.set_ylabel(label + ", lower is better")
       ax.legend(fontsize=8)
     n = df["num_samples"].iloc[0]
     fig.suptitle((title or os.path.basename(os.path.normpath(run_dir)))
-                 + f": metrics against the EMA length ({n:.0f} samples per point, the same "
-                 "noise at every point; bars: the bound's standard error over images)",
+                 + f": metrics against the EMA length\n{n:.0f} samples a point, the same noise "
+                 "and images at every point; bars: the bound's standard error over images",
                  fontsize=10)
   return fig
 
