@@ -200,7 +200,8 @@ class EvalConfig:
   # neighbouring values apart (its term is then 1.83 bits/dim on the cpu tier's data, the same
   # for every model; a higher end would make it smaller but leave some arms' trained range).
   bound: bool = True
-  bound_num: int = 0              # images of each split; 0: eval.num_samples
+  bound_num: int = 0              # images of each split; 0: as many as the samples scored
+                                  # (eval.num_samples; eval.grid_size with eval.fid off)
   bound_times: int = 8            # times per image (a randomly shifted lattice)
   bound_logsnr_min: float = -12.0
   bound_logsnr_max: float = 10.0

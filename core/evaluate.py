@@ -293,7 +293,7 @@ def bound_figures(ev: Evaluation) -> dict:
   if len(ev.stages) > 1 or cfg.cond.task != "none":
     return {**_NO_BOUND, "bound": {"skipped": "a cascade or a super-resolution stage: no "
                                    "single model's bound"}}
-  num = e.bound_num or e.num_samples
+  num = e.bound_num or (e.num_samples if e.fid else e.grid_size)   # as many as the samples
   batch = min(e.batch_size, num)
   program = bound_program(ev.stages[-1].model, cfg, batch)
   dims = cfg.resolution ** 2 * cfg.model.out_channels

@@ -25,7 +25,8 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   res = str(tmp_path / "results")
   f = os.path.join(ROOT, "ablations/noise_shift.yaml")
   assert runner.main([f, "tier=smoke", "--results", res, "--no-progress", "--only",
-                      "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}"]) == 0
+                      "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}",
+                      "eval.bound=true"]) == 0
   rd = os.path.join(res, "noise_shift_smoke", "128-cosine-s0")
   before = _files(rd)
   ev = read_json(os.path.join(rd, "eval.json"))
@@ -84,8 +85,9 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
   monkeypatch.setattr(core.train, "_train", no_pipeline)
   assert runner.main([f, "tier=smoke", "--results", res, "--no-progress", "--only",
                       "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}",
-                      "--reevaluate"]) == 0
+                      "eval.bound=true", "--reevaluate"]) == 0
   again = read_json(os.path.join(rd, "eval.json"))
   assert again["fid_eval"] == ev["fid_eval"] and again["kid_train"] == ev["kid_train"]
   assert again["content"] == ev["content"] and again["step"] == ev["step"]
+  assert again["bpd_eval"] == ev["bpd_eval"]
   assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
