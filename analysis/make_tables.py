@@ -157,6 +157,15 @@ def _floor_labels(floors: pd.DataFrame) -> list[str]:
           for (_, f), sev in zip(floors.iterrows(), several)]
 
 
+def group_label(sweep: Sweep, group: str) -> str:
+  """A group named by the paper's resolution, with the resolution its runs trained at where a
+  tier differs ("128 (32 px)"), read from their eval.json."""
+  res = {x for x in sweep.runs.loc[sweep.runs["group"] == group, "resolution"] if finite(x)}
+  if len(res) == 1 and group.isdigit() and int(group) != (r := res.pop()):
+    return f"{group} ({r:.0f} px)"
+  return group
+
+
 def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   summ = arm_summary(sweep)
   floors = group_floors(sweep)
@@ -180,6 +189,7 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   if any(d.get(BPD_COLUMN) for d, _ in rows):
     cols.insert(cols.index("IS"), BPD_COLUMN)
   display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
+  display["group"] = display["group"].map(lambda g: group_label(sweep, g))
   numbers = pd.DataFrame([x for _, x in rows])
   for c in numbers.columns:    # counts stay integers beside the floor rows' blanks
     if c in ("seeds", "runs") or c.endswith("_n") or c in FLOOR_COUNTS:

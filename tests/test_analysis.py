@@ -530,8 +530,10 @@ def test_content_columns_and_the_shift_figure(tmp_path):
       "FID eval @content", "KID eval @content ×10³"]
   d = t.display.set_index(["group", "arm"])
   # 128 -> 32 px: shift 64 is noise_d 16, the content's cosine: 30 + 0 + mean seed 1
-  assert d.loc[("128", "shift 64"), "FID eval @content"] == f"31.00 ± {T975[2] / math.sqrt(3):.2f}"
-  assert d.loc[FLOOR_128, "FID eval @content"] == "5.00"
+  assert d.loc[("128 (32 px)", "shift 64"), "FID eval @content"] == \
+      f"31.00 ± {T975[2] / math.sqrt(3):.2f}"
+  assert d.loc[("128 (32 px)", FLOOR_128[1]), "FID eval @content"] == "5.00"
+  assert set(t.numbers["group"]) == {"128", "256"}   # the numbers keep the sweep's group
   assert any(n.startswith("@content:") and "16 px" in n for n in t.notes)
   lines = make_figures.shift_lines(load_sweep(sdir))
   assert [l["resolution"] for l in lines] == [32, 64]
