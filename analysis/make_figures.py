@@ -36,8 +36,9 @@ import pandas as pd
 import seaborn as sns
 
 from analysis import paper_numbers
-from analysis.results import (Sweep, arm_summary, ema_length_records, finite, load_results,
-                              make_out_dir, readable_results, run_metrics, varies_guidance)
+from analysis.results import (Sweep, arm_summary, ema_length_records, finite, group_label,
+                              load_results, make_out_dir, readable_results, run_metrics,
+                              varies_guidance)
 
 NOISE_TS = (0.2, 0.4, 0.6, 0.8)
 SHAPES_INDEX = 1      # a triangle over a gradient: large shapes make lost signal easy to see
@@ -582,7 +583,7 @@ def samples_figure(sweep: Sweep, max_cols: int = 8) -> Optional[Figure]:
             s.set_color("0.8")
         ax.set_title(arm, fontsize=10)
         if j == 0 and g:
-          ax.set_ylabel(g, fontsize=11)
+          ax.set_ylabel(group_label(sweep, g), fontsize=11)
     ngroups = len({c[0] for r in rows for c in r})
     fig.suptitle(f"{sweep.title}\n{sweep.name}: samples (EMA parameters)"
                  + ("; rows: group" if ngroups > 1 else ""))

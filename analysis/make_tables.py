@@ -39,8 +39,8 @@ from typing import Optional
 import pandas as pd
 
 from analysis import paper_numbers
-from analysis.results import (METRICS, Sweep, arm_summary, finite, group_floors, human_count,
-                              make_out_dir, readable_results)
+from analysis.results import (METRICS, Sweep, arm_summary, finite, group_floors, group_label,
+                              human_count, make_out_dir, readable_results)
 from core.runio import read_json, write_text_atomic
 
 KID_SCALE = 1e3        # KID is shown x 10^3 (values of 1e-3..1e-1 read as 1..100); CSV unscaled
@@ -155,15 +155,6 @@ def _floor_labels(floors: pd.DataFrame) -> list[str]:
   several = floors.groupby("group")["resolution"].transform("nunique") > 1
   return [floor_label(f["num"], f["resolution"] if sev else None)
           for (_, f), sev in zip(floors.iterrows(), several)]
-
-
-def group_label(sweep: Sweep, group: str) -> str:
-  """A group named by the paper's resolution, with the resolution its runs trained at where a
-  tier differs ("128 (32 px)"), read from their eval.json."""
-  res = {x for x in sweep.runs.loc[sweep.runs["group"] == group, "resolution"] if finite(x)}
-  if len(res) == 1 and group.isdigit() and int(group) != (r := res.pop()):
-    return f"{group} ({r:.0f} px)"
-  return group
 
 
 def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:

@@ -393,6 +393,15 @@ def group_floors(sweep: Sweep) -> pd.DataFrame:
                                     *FLOOR_METRICS, *FLOOR_EXTRA])
 
 
+def group_label(sweep: Sweep, group: str) -> str:
+  """A group named by the paper's resolution, with the resolution its runs trained at where a
+  tier differs ("128 (32 px)"), read from their eval.json."""
+  res = {x for x in sweep.runs.loc[sweep.runs["group"] == group, "resolution"] if finite(x)}
+  if len(res) == 1 and group.isdigit() and int(group) != (r := res.pop()):
+    return f"{group} ({r:.0f} px)"
+  return group
+
+
 def varies_guidance(sweep: Sweep) -> bool:
   """Whether the runs differ in sampler.guidance_scale (a guidance sweep)."""
   g = pd.to_numeric(sweep.runs["guidance_scale"], errors="coerce").dropna()
