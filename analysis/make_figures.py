@@ -30,6 +30,7 @@ from typing import Optional, Sequence
 
 import matplotlib
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 import numpy as np
 import pandas as pd
@@ -464,6 +465,9 @@ def _join_names(names: list[tuple[str, str]], ngroups: int, n: int = 5) -> str:
   return text
 
 
+_SEED_STYLES = ("-", "--", ":", "-.")
+
+
 def training_figure(sweep: Sweep) -> Optional[Figure]:
   curves = training_curves(sweep)
   if not curves:
@@ -473,13 +477,16 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
   with style():
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    labelled = set()
+    labelled, seeds = set(), set()
     for c in curves:
       col = pal[c["arm"]]
+      # colour names the arm, line style the seed (a key of its own below): one legend entry
+      # per arm, so that a 3-seed sweep of nine arms still fits beside the axes
       label = _join_names(c["names"], c["ngroups"])
-      if c["seed"]:
-        label += f" (seed {c['seed']})"
-      ls = ("-", "--", ":", "-.")[int(c["seed"]) % 4]
+      if label in labelled:
+        label = "_" + label
+      ls = _SEED_STYLES[int(c["seed"]) % 4]
+      seeds.add(int(c["seed"]))
       tr = c["train"]
       if len(tr):
         loss = tr["loss"].astype(float)
@@ -515,6 +522,10 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
     h, l = ax1.get_legend_handles_labels()
     if not h:
       h, l = ax2.get_legend_handles_labels()
+    if len(seeds) > 1:
+      for seed in sorted(seeds):
+        h.append(Line2D([], [], color="0.4", ls=_SEED_STYLES[seed % 4], lw=1.8))
+        l.append(f"seed {seed}")
     if len(h) > 8:
       fig.legend(h, l, loc="outside right upper", fontsize=8, title="arm")
     elif h:

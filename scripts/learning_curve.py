@@ -1,8 +1,8 @@
 """Learning curve by wall time: train one config, evaluate FID and KID at given minutes.
 
 The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.md): it runs
-the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.data,
-core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
+the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.pipeline,
+core.generate, core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
 
   python scripts/learning_curve.py CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
   python scripts/learning_curve.py CONFIG_JSON --steps 1500,3000   # marks in steps instead
