@@ -32,7 +32,7 @@ import numpy as np
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
 from core.fid import floor_metrics, inception_score, sample_metrics
-from core.generate import gather_rows, generate
+from core.generate import gather_rows, generate, local_rows, to_global
 from core.images import save_grid
 from core.metrics import METRICS_FILE, combined_speed, run_speed
 from core.reference import box_downsample, reference_figures
@@ -247,16 +247,12 @@ def bound_program(model: TrainedModel, cfg: ExperimentConfig, batch: int):
     return bound.bound_terms(x_hat, x, keys, schedule, e.bound_logsnr_min,
                              e.bound_logsnr_max, e.bound_times)
 
-  def put(a, sharding):   # host data, the same on every process -> a global array
-    if jax.process_count() == 1:
-      return jax.device_put(a, sharding)
-    return jax.make_array_from_callback(a.shape, sharding, lambda i: a[i])
   params = jax.device_put(model.params, rep)
 
   def run(images, labels, idx, stream: int):
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(e.seed), 7), stream)
-    return terms(params, put(images, rows), put(labels, rows), put(idx, rows),
-                 put(np.asarray(jax.random.key_data(key)), rep))
+    return terms(params, to_global(images, rows), to_global(labels, rows),
+                 to_global(idx, rows), to_global(np.asarray(jax.random.key_data(key)), rep))
   return run
 
 
@@ -264,7 +260,6 @@ def bound_terms_of_split(program, cfg: ExperimentConfig, split: str, stream: int
                          batch: int, progress: bool) -> dict:
   """The bound's per-image terms in nats on `num` images of `split` (those that reference
   statistics read), as float64 arrays."""
-  from core.generate import gather_rows, local_rows
   from core.pipeline import iterate_uint8
   out: dict = {}
   done = 0

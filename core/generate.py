@@ -55,9 +55,13 @@ def gather_rows(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
   return all_a[np.argsort(all_idx, kind="stable")]
 
 
-def _global(x: np.ndarray, sharding):
-  """A host array that every process holds alike -> a global array of `sharding` (works across
-  processes, where device_put of host data would need every device to be local)."""
+def to_global(x, sharding):
+  """A host array that every process holds alike -> a global array of `sharding`: device_put
+  in one process; across processes, where device_put of host data would need every device to
+  be local, from a callback."""
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
   return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
@@ -114,8 +118,8 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
     def put(x):
       if x is None or (isinstance(x, jax.Array) and not x.is_fully_addressable):
         return x
-      return jax.device_put(x, rows) if jax.process_count() == 1 else _global(np.asarray(x), rows)
-    kd = _global(np.asarray(jax.random.key_data(key)), rep)
+      return to_global(x, rows)
+    kd = to_global(np.asarray(jax.random.key_data(key)), rep)
     return params, kd, put(labels), put(low)
 
   def draw(key, labels, low=None):
