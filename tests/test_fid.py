@@ -350,6 +350,21 @@ def test_kid_matches_torch_fidelity(kid_golden):
   assert g["d64_same_mean"] < 0          # unbiased: same-distribution sets can go below 0
 
 
+def test_kid_whole_kernels_equal_per_subset_kernels(kid_golden, monkeypatch):
+  """Sets small enough to take their kernel matrices once give what each subset's own kernels
+  give (the per-subset route is torch-fidelity's; the golden cases all fit the first)."""
+  rng = np.random.default_rng(5)
+  a, b = rng.normal(size=(300, 16)), rng.normal(size=(200, 16)) + 0.2
+  cases = [(a, b, dict(subsets=9, subset_size=150, seed=2)),
+           (a, a[::-1] + 0.1, dict(subsets=6, subset_size=100, seed=1)),
+           (a, b, dict(subsets=4, subset_size=1000, seed=0))]
+  cases += [_kid_case(kid_golden, c) for c in ("d64", "tiny")]
+  whole = [F.kid_subset_mmds(x, y, **kw) for x, y, kw in cases]
+  monkeypatch.setattr(F, "KID_KERNEL_ROWS_MAX", 0)
+  for (x, y, kw), w in zip(cases, whole):
+    np.testing.assert_allclose(w, F.kid_subset_mmds(x, y, **kw), rtol=1e-9, atol=1e-15)
+
+
 def test_kid_properties():
   rng = np.random.default_rng(3)
   a = rng.normal(size=(256, 32))
