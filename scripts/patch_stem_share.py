@@ -46,13 +46,13 @@ def main(argv=None) -> int:
       print(f"{name}: model.frontend={cfg.model.frontend!r}, not patching; skipped")
       continue
     params = restore_ema(cfg, model_dirs(run, cfg)[0], log=lambda s: None).params
-    shares = {jax.tree_util.keystr(p): block_mean_share(v)
-              for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
-              if np.ndim(v) == 4 and np.shape(v)[:2] == (k, k)}
-    text = ", ".join(f"{name.split('[')[-2].strip(chr(39) + ']')} {s:.3f}"
-                     for name, s in sorted(shares.items()))
-    print(f"{name}: {text} (random kernel: {1 / k ** 2:.3f})",
-          flush=True)
+    # every k x k kernel (the stem patch_in and the head patch_out), named by its layer, in
+    # the order of their parameter paths
+    shares = sorted((jax.tree_util.keystr(path), path[-2].key, block_mean_share(v))
+                    for path, v in jax.tree_util.tree_flatten_with_path(params)[0]
+                    if np.ndim(v) == 4 and np.shape(v)[:2] == (k, k))
+    text = ", ".join(f"{layer} {s:.3f}" for _, layer, s in shares)
+    print(f"{name}: {text} (random kernel: {1 / k ** 2:.3f})", flush=True)
   return 0
 
 
