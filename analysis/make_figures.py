@@ -10,6 +10,9 @@ Paper-style figures, PNG and PDF of each, into RESULTS/figures/ (or --out):
                      evaluated at several post-hoc EMA lengths (core.evaluate RUN_DIR
                      ema.sigma_rel=...), the run's own EMA marked at its equivalent sigma_rel
   <sweep>_loss       smoothed training loss and FID against steps, per arm
+  <sweep>_curves     learning curves (eval.every: the oracle's class accuracy and FD, FID
+                     @content where asked) against steps, an arm's seeds as a band
+  <sweep>_scene      the scene parameters the oracle reads from each arm's samples vs real
   <sweep>_samples    every arm's samples.png, tiled with its label
 The first two are pure maths and always drawn; the others come from each sweep folder under
 RESULTS (docs/results_layout.md), skipped where a sweep has nothing to draw yet. A RESULTS
@@ -38,8 +41,8 @@ import seaborn as sns
 
 from analysis import paper_numbers
 from analysis.results import (Sweep, arm_summary, ema_length_records, finite, group_label,
-                              load_results, make_out_dir, readable_results, run_metrics,
-                              varies_guidance)
+                              load_results, make_out_dir, readable_results, run_curve,
+                              run_metrics, varies_guidance)
 
 NOISE_TS = (0.2, 0.4, 0.6, 0.8)
 SHAPES_INDEX = 1      # a triangle over a gradient: large shapes make lost signal easy to see
@@ -539,6 +542,131 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
   return fig
 
 
+# --- learning curves and the oracle's reading ---------------------------------------------
+
+CURVE_METRICS = (("class_acc", "class accuracy (oracle)", "floor_class_acc", 100.0),
+                 ("fd_eval", "oracle FD", "floor_fd_eval", 1.0),
+                 ("fid_content", "FID eval @content", None, 1.0))
+
+
+def curve_lines(sweep: Sweep) -> pd.DataFrame:
+  """Every run's learning-curve rows (core.curve) with its group, arm and seed."""
+  parts = []
+  for _, r in sweep.runs.iterrows():
+    if r["state"] == "missing":
+      continue
+    c = run_curve(r["dir"])
+    if len(c):
+      parts.append(c.assign(group=r["group"], arm=r["arm"], seed=r["seed"]))
+  return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def curve_figure(sweep: Sweep) -> Optional[Figure]:
+  """Each metric of the learning curves against training steps, one panel a group and metric:
+  an arm's mean over seeds as a line, the band its seeds' 95% t-interval (min to max with two
+  seeds), the real data's figure dashed."""
+  df = curve_lines(sweep)
+  if not len(df):
+    return None
+  metrics = [m for m in CURVE_METRICS if m[0] in df and df[m[0]].notna().any()]
+  groups = list(dict.fromkeys(df["group"]))
+  arms = list(dict.fromkeys(df["arm"]))
+  pal = dict(zip(arms, sns.color_palette("tab10" if len(arms) <= 10 else "husl", len(arms))))
+  with style():
+    fig = Figure(figsize=(4.2 * len(groups) + 1.5, 3.2 * len(metrics)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(metrics), len(groups), squeeze=False))
+    for j, g in enumerate(groups):
+      sub = df[df["group"] == g]
+      for i, (m, name, floor, sc) in enumerate(metrics):
+        ax = axes[i, j]
+        for a in dict.fromkeys(sub["arm"]):
+          d = sub[sub["arm"] == a].pivot_table(index="step", columns="seed", values=m)
+          if d.empty:
+            continue
+          y = d * sc
+          mean = y.mean(axis=1)
+          n = y.notna().sum(axis=1)
+          half = y.std(axis=1, ddof=1) * np.array([scipy_t(k) for k in n]) / np.sqrt(n)
+          ax.plot(mean.index, mean, color=pal[a], lw=1.8, marker="o", ms=3,
+                  label=f"{a} ({int(n.max())} seeds)")
+          if (n > 1).any():
+            ax.fill_between(mean.index, mean - half, mean + half, color=pal[a], alpha=0.2,
+                            lw=0)
+        if floor and floor in sub and sub[floor].notna().any():
+          ax.axhline(sub[floor].mean() * sc, color="0.3", ls="--", lw=1,
+                     label="real data")
+        ax.set_xlabel("training step")
+        ax.set_ylabel(name + (" (%)" if sc == 100.0 else ""))
+        if i == 0:
+          ax.set_title(f"group {group_label(sweep, g)}")
+        ax.legend(fontsize=7.5)
+    fig.suptitle(f"{sweep.title} — {sweep.name}: learning curves (mean over seeds, band: "
+                 "95% t-interval)")
+  return fig
+
+
+def scipy_t(n: int) -> float:
+  """t(0.975, n - 1), NaN below two values."""
+  import scipy.stats
+  return float(scipy.stats.t.ppf(0.975, n - 1)) if n > 1 else math.nan
+
+
+SCENE_PANELS = (("size", "size (of the image)"), ("centre_x", "centre x"),
+                ("centre_y", "centre y"), ("shape_lum", "shape brightness"),
+                ("bg_lum", "background brightness"))
+
+
+def _scene_values(targets: np.ndarray, names: Sequence[str]) -> dict:
+  t = np.asarray(targets, np.float32)
+  col = {n: t[:, i] for i, n in enumerate(names)}
+  col["shape_lum"] = (col["shape_r"] + col["shape_g"] + col["shape_b"]) / 3
+  col["bg_lum"] = (col["bg_r"] + col["bg_g"] + col["bg_b"]) / 3
+  return col
+
+
+def scene_figure(sweep: Sweep) -> Optional[Figure]:
+  """The scene parameters the oracle reads from each arm's samples (every seed's oracle.npz
+  pooled) against the real images', one row a group: where the samples put the shape, how big,
+  how bright, and the kinds it reads."""
+  data: dict = {}
+  for _, r in sweep.runs.iterrows():
+    p = os.path.join(r["dir"], "oracle.npz")
+    if not r["has_eval"] or not os.path.isfile(p):
+      continue
+    with np.load(p) as z:
+      names = [str(x) for x in z["target_names"]]
+      g = data.setdefault(r["group"], {"real": [], "arms": {}})
+      g["arms"].setdefault(r["arm"], []).append(_scene_values(z["targets"], names))
+      g["real"].append(_scene_values(z["real_targets"], names))
+  if not data:
+    return None
+  arms = list(dict.fromkeys(a for g in data.values() for a in g["arms"]))
+  pal = dict(zip(arms, sns.color_palette("tab10" if len(arms) <= 10 else "husl", len(arms))))
+  with style():
+    fig = Figure(figsize=(3.1 * len(SCENE_PANELS), 2.6 * len(data)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(len(data), len(SCENE_PANELS), squeeze=False))
+    for i, (g, d) in enumerate(data.items()):
+      for j, (k, name) in enumerate(SCENE_PANELS):
+        ax = axes[i, j]
+        real = np.concatenate([x[k] for x in d["real"][:1]])
+        bins = np.linspace(min(0.0, real.min()), max(1.0 if k != "size" else 0.4, real.max()),
+                           31)
+        ax.hist(real, bins=bins, density=True, histtype="stepfilled", color="0.85",
+                label="real")
+        for a, vals in d["arms"].items():
+          v = np.concatenate([x[k] for x in vals])
+          ax.hist(v, bins=bins, density=True, histtype="step", color=pal[a], lw=1.5, label=a)
+        ax.set_xlabel(name)
+        ax.set_yticks([])
+        if j == 0:
+          ax.set_ylabel(f"group {group_label(sweep, g)}")
+        if i == 0 and j == len(SCENE_PANELS) - 1:
+          ax.legend(fontsize=7.5)
+    fig.suptitle(f"{sweep.title} — {sweep.name}: scene parameters the oracle reads "
+                 "(samples of every seed; grey: real images)")
+  return fig
+
+
 # --- (5) sample grids ------------------------------------------------------------------
 
 def _read_image(path: str, max_side: int = 768) -> Optional[np.ndarray]:
@@ -608,6 +736,7 @@ def sweep_figures(sweep: Sweep, with_paper: Optional[bool] = None) -> dict[str, 
   out = {}
   for suffix, fn in (("guidance", lambda s: guidance_figure(s, with_paper)),
                      ("shift", shift_figure), ("loss", training_figure),
+                     ("curves", curve_figure), ("scene", scene_figure),
                      ("samples", samples_figure)):
     fig = fn(sweep)
     if fig is not None:

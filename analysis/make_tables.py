@@ -40,7 +40,7 @@ import pandas as pd
 
 from analysis import paper_numbers
 from analysis.results import (METRICS, Sweep, arm_summary, finite, group_floors, group_label,
-                              human_count, make_out_dir, readable_results)
+                              human_count, make_out_dir, paired_summary, readable_results)
 from core.runio import read_json, write_text_atomic
 
 KID_SCALE = 1e3        # KID is shown x 10^3 (values of 1e-3..1e-1 read as 1..100); CSV unscaled
@@ -50,15 +50,20 @@ PAPER_COLUMNS = ["paper FID train", "paper FID eval", "paper IS", "paper speed"]
 CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
          ("KID train ×10³", "kid_train", KID_SCALE), ("KID eval ×10³", "kid_eval", KID_SCALE),
          ("sFID eval", "sfid_eval", 1.0), ("FID eval @content", "fid_content", 1.0),
-         ("KID eval @content ×10³", "kid_content", KID_SCALE))
+         ("KID eval @content ×10³", "kid_content", KID_SCALE),
+         ("class acc %", "class_acc", 100.0), ("oracle FD", "oracle_fd", 1.0))
 SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
 # after those, only where some run's data were made at a lower content resolution (issue 26)
 CONTENT_COLUMNS = ("FID eval @content", "KID eval @content ×10³")
+# after those, only where some run reports the oracle (core.oracle: procedural data)
+ORACLE_COLUMNS = ("class acc %", "oracle FD")
 # before IS, only where some run reports the variational bound (core.bound); no floor
 BPD_COLUMN = "bits/dim eval"
 FLOOR_STATE = "real data"
 FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
-OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"), ("bpd_eval", "bits/dim eval"))
+OVERLAP = (("fid_eval", "FID eval"), ("kid_eval", "KID eval"), ("bpd_eval", "bits/dim eval"),
+           ("fid_content", "FID eval @content"), ("class_acc", "class acc"),
+           ("oracle_fd", "oracle FD"))
 PAIRWISE_MAX = 4       # above this many arms with intervals, compare each with the first only
 
 
@@ -70,6 +75,8 @@ class Table:
   numbers: pd.DataFrame        # the same rows as numbers (the CSV)
   notes: list[str]
   with_paper: bool
+  paired: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)   # paired_table
+  paired_numbers: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # its CSV
 
 
 def _fmt(mean, std=math.nan, p: int = 2) -> str:
@@ -145,7 +152,8 @@ def _floor_rows(f, label: str) -> tuple[dict, dict]:
        "state": FLOOR_STATE}
   x = {"row": "floor", "group": f["group"], "arm": label, "state": FLOOR_STATE,
        **{k: f[k] for k in ("fid_train", "fid_eval", "kid_train", "kid_eval", "sfid_eval",
-                            "fid_content", "kid_content")},
+                            "fid_content", "kid_content", "class_acc", "oracle_fd",
+                            "oracle_num")},
        "kid_train_subset_std": f["kid_train_std"], "kid_eval_subset_std": f["kid_eval_std"],
        **{f"floor_{k}": f[k] for k in ("num", "resolution", "runs", "distinct")}}
   return d, x
@@ -177,6 +185,9 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   if any(d.get(CONTENT_COLUMNS[0]) for d, _ in rows):
     at = cols.index(SFID_COLUMN if SFID_COLUMN in cols else "KID eval ×10³") + 1
     cols[at:at] = list(CONTENT_COLUMNS)
+  if any(d.get(ORACLE_COLUMNS[0]) or d.get(ORACLE_COLUMNS[1]) for d, _ in rows):
+    at = cols.index("IS")
+    cols[at:at] = list(ORACLE_COLUMNS)
   if any(d.get(BPD_COLUMN) for d, _ in rows):
     cols.insert(cols.index("IS"), BPD_COLUMN)
   display = pd.DataFrame([d for d, _ in rows], columns=cols).fillna("")
@@ -189,7 +200,35 @@ def build_table(sweep: Sweep, with_paper: Optional[bool] = None) -> Table:
   title = f"{sweep.title} — {sweep.name}"
   if sweep.tier:
     title += f" (tier {sweep.tier})"
-  return Table(sweep, title, display, numbers, notes, paper)
+  paired, pnum = paired_table(sweep)
+  return Table(sweep, title, display, numbers, notes, paper, paired, pnum)
+
+
+# the paired differences' columns: (header, metric, scale, decimals)
+PAIRED_CELLS = (("Δ FID eval", "fid_eval", 1.0, 1), ("Δ FID @content", "fid_content", 1.0, 1),
+                ("Δ class acc (points)", "class_acc", 100.0, 1),
+                ("Δ oracle FD", "oracle_fd", 1.0, 2), ("Δ bits/dim eval", "bpd_eval", 1.0, 2))
+
+
+def paired_table(sweep: Sweep) -> tuple[pd.DataFrame, pd.DataFrame]:
+  """(display, numbers) of each arm minus its group's reference arm, paired by seed
+  (analysis.results.paired_summary): mean ± 95% t half-width over the seeds both have; only
+  the metrics some run reports, only arms with a pair."""
+  ps = paired_summary(sweep)
+  if not len(ps):
+    return pd.DataFrame(), pd.DataFrame()
+  cells = [c for c in PAIRED_CELLS if ps[f"d_{c[1]}_n"].max() > 0]
+  ps = ps[sum(ps[f"d_{c[1]}_n"] for c in cells) > 0] if cells else ps.iloc[:0]
+  if not len(ps):
+    return pd.DataFrame(), pd.DataFrame()
+  disp = pd.DataFrame({
+      "group": [group_label(sweep, g) for g in ps["group"]],
+      "arm − reference": [f"{a} − {r}" for a, r in zip(ps["arm"], ps["reference"])],
+      **{h: [_fmt(m * sc, c * sc, p) for m, c in zip(ps[f"d_{k}"], ps[f"d_{k}_ci95"])]
+         for h, k, sc, p in cells},
+      "pairs": [str(int(max(ps.loc[i, f"d_{k}_n"] for _, k, _, _ in cells)))
+                for i in ps.index]}).fillna("")
+  return disp, ps
 
 
 def _interval(r, k) -> Optional[tuple[float, float]]:
@@ -251,6 +290,8 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   if (summ["seeds"] > 1).any():
     what = "FID, KID, bits/dim and IS" if summ["bpd_eval"].map(finite).any() else \
         "FID, KID and IS"
+    if summ["class_acc"].map(finite).any():
+      what = what.replace(" and IS", ", class acc, oracle FD and IS")
     notes.append(f"± on {what}: half-width of the 95% confidence interval of the mean "
                  f"over seeds ({_seeds_text(summ)}), Student's t: t(0.975, n-1) * s / sqrt(n), "
                  "s the sample std (ddof=1); no ± where an arm has n=1.")
@@ -279,6 +320,8 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
                  f"resolution ({', '.join(res)} px; data.content_resolution), against the eval "
                  "split downsampled alike, so models at every resolution are compared on the same "
                  "content; a run made at its content resolution repeats its own FID and KID.")
+  if summ[["class_acc", "oracle_fd"]].map(finite).any().any():
+    notes.append(oracle_note(sweep))
   ref = sweep.reference
   if cost is not None:
     notes.append(f"speed: measured training-step img/s from {cost_path(sweep)} (python -m "
@@ -320,6 +363,31 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   return notes
 
 
+def oracle_note(sweep: Sweep) -> str:
+  """What the oracle's columns are, the oracle's own held-out accuracy, and what the runs'
+  sample count buys (the binomial interval at 50%)."""
+  held, res = set(), set()
+  for d in sweep.runs["dir"]:
+    o = (read_json(os.path.join(d, "eval.json")) or {}).get("oracle")
+    if isinstance(o, dict):
+      if finite(o.get("held_out_accuracy")):
+        held.add(round(100 * o["held_out_accuracy"], 1))
+      res.add(o.get("resolution"))
+  nums = sorted({int(x) for x in sweep.runs["oracle_num"] if finite(x)})
+  n = ", ".join(map(str, nums)) or "?"
+  half = f"±{196 * math.sqrt(0.25 / nums[0]):.1f} points" if nums else "?"
+  acc = "/".join(f"{h:.1f}%" for h in sorted(held)) or "?"
+  at = "/".join(f"{r} px" for r in sorted(r for r in res if r)) or "?"
+  return (f"class acc and oracle FD: this toolkit's metrics, not the paper's (core.oracle). An "
+          f"oracle network trained on real renders of the procedural data reads each sample "
+          f"box-downsampled to {at}: class acc is how often the kind it reads is the class the "
+          f"sample was asked for (the floor row: real images of the eval split read alike, the "
+          f"metric's ceiling; the oracle's held-out accuracy on 10,000 test renders: {acc}); "
+          f"oracle FD is the Fréchet distance of its 128 features to as many real eval-split "
+          f"images (floor: train-split images against those). n={n} samples a run "
+          f"(eval.oracle_num): a single run's binomial 95% interval at 50% accuracy is {half}.")
+
+
 def bound_text(sweep: Sweep) -> str:
   """How the runs' bound was computed (eval.json "bound"): schedule, end points, times, and
   the images' count, e.g. 'linear evaluation schedule on logSNR [-12, 10], 8 times per image,
@@ -357,6 +425,19 @@ def to_markdown(t: Table) -> str:
       lines.append("| " + " | ".join(_md_cell(r[c]) for c in cols) + " |")
   lines.append("")
   lines += [f"- {n}" for n in t.notes]
+  if len(t.paired):
+    p = t.paired
+    cols = list(p.columns)
+    lines += ["", f"#### Paired by seed: each arm minus its group's reference arm", "",
+              "| " + " | ".join(cols) + " |",
+              "|" + "|".join(":---" if c in ("group", "arm − reference") else "---:"
+                             for c in cols) + "|"]
+    lines += ["| " + " | ".join(_md_cell(r[c]) for c in cols) + " |" for _, r in p.iterrows()]
+    lines += ["", "- Paired: the runs of one seed draw from the same noise and labels (common "
+              "random numbers, core.generate.sample_key), so each seed gives one difference; "
+              "± is the 95% t half-width over those differences. An interval that excludes 0 "
+              "is a difference the seeds agree on; the unpaired means and their intervals are "
+              "in the table above."]
   return "\n".join(lines) + "\n"
 
 
@@ -409,6 +490,10 @@ def write_table(t: Table, out_dir: str) -> list[str]:
   for ext, fn in (("md", to_markdown), ("tex", to_latex), ("csv", to_csv)):
     p = os.path.join(out_dir, f"{t.sweep.name}.{ext}")
     write_text_atomic(p, fn(t))
+    paths.append(p)
+  if len(t.paired_numbers):   # the paired differences' numbers (paired_table)
+    p = os.path.join(out_dir, f"{t.sweep.name}_paired.csv")
+    write_text_atomic(p, t.paired_numbers.to_csv(index=False))
     paths.append(p)
   return paths
 

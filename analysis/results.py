@@ -32,11 +32,14 @@ EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", 
              "bpd_eval_se", "bpd_train", "bpd_train_se")
 # eval.json "content": the samples box-downsampled to the data's content resolution (issue 26)
 CONTENT_KEYS = {"fid_content": "fid_eval", "kid_content": "kid_eval"}
+# eval.json "oracle" (core.oracle, procedural data): class accuracy of the samples and the
+# Fréchet distance in the oracle's features, read at the content resolution
+ORACLE_KEYS = {"class_acc": "class_acc", "oracle_fd": "fd_eval"}
 METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "is_mean", "sfid_eval",
-           *CONTENT_KEYS, "bpd_eval", "bpd_train")
+           *CONTENT_KEYS, "bpd_eval", "bpd_train", *ORACLE_KEYS)
 FLOOR_METRICS = ("fid_train", "fid_eval", "kid_train", "kid_eval", "kid_train_std", "kid_eval_std")
 # averaged too, but older eval.json files lack them: not in `distinct`
-FLOOR_EXTRA = ("sfid_eval", *CONTENT_KEYS)
+FLOOR_EXTRA = ("sfid_eval", *CONTENT_KEYS, *ORACLE_KEYS, "oracle_num")
 GUIDANCE_KEY = "sampler.guidance_scale"
 
 
@@ -133,6 +136,11 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
   for k, src in CONTENT_KEYS.items():
     row[k] = _num(content.get(src))
   row["content_resolution"] = _num(content.get("resolution"))
+  orc = (ev or {}).get("oracle") if row["has_eval"] else None
+  orc = orc if isinstance(orc, dict) else {}
+  for k, src in ORACLE_KEYS.items():
+    row[k] = _num(orc.get(src))
+  row["oracle_num"] = _num(orc.get("num"))
   sched = (ev or {}).get("schedule") if row["has_eval"] else None
   row["logsnr_shift"] = _num(sched.get("logsnr_shift")) if isinstance(sched, dict) else math.nan
   fl = (ev or {}).get("floor") if row["has_eval"] else None
@@ -140,6 +148,12 @@ def _run_row(sweep_path: str, i: int, r: dict) -> dict:
   if row["floor"] is not None and isinstance(content.get("floor"), dict):
     row["floor"] = dict(row["floor"], **{k: content["floor"].get(src)
                                          for k, src in CONTENT_KEYS.items()})
+  if row["floor"] is not None and isinstance(orc.get("floor"), dict):
+    # real images read by the oracle at its own count (its floor: class accuracy of real
+    # images, the oracle's ceiling, and the real-vs-real distance)
+    row["floor"] = dict(row["floor"], **{k: orc["floor"].get(src)
+                                         for k, src in ORACLE_KEYS.items()},
+                        oracle_num=orc["floor"].get("num"))
   row["sampler"] = sampler_text((ev or {}).get("sampler")) if row["has_eval"] else None
   row["paper"] = r.get("paper")   # the published rows the arm names (None: older sweep.json)
   return row
@@ -169,7 +183,8 @@ def load_sweep(path: str) -> Sweep:
   runs = [r for r in (meta.get("runs") or []) if isinstance(r, dict)]
   rows = [_run_row(path, i, r) for i, r in enumerate(runs)]
   cols = ["order", "run_id", "arm", "group", "seed", "state", "error", "step", "has_eval",
-          *EVAL_KEYS, *CONTENT_KEYS, "content_resolution", "logsnr_shift", "eval_step", "floor",
+          *EVAL_KEYS, *CONTENT_KEYS, "content_resolution", *ORACLE_KEYS, "oracle_num",
+          "logsnr_shift", "eval_step", "floor",
           "sampler", "paper", "samples", "dir", "values"]
   df = pd.DataFrame(rows, columns=cols)
   name = os.path.basename(os.path.normpath(path))
@@ -239,6 +254,17 @@ def run_metrics(run_dir: str) -> pd.DataFrame:
     df = df[pd.to_numeric(df["step"], errors="coerce").notna()]
     df = df.sort_values("step", kind="stable").reset_index(drop=True)
   return df
+
+
+def run_curve(run_dir: str) -> pd.DataFrame:
+  """The learning curve of a run's model (core.curve: curve.jsonl beside its metrics.jsonl),
+  sorted by step; empty without one."""
+  path = metrics_path(run_dir)
+  path = path and os.path.join(os.path.dirname(path), "curve.jsonl")
+  rows = [r for r in read_jsonl(path) if isinstance(r, dict) and "step" in r] \
+      if path and os.path.isfile(path) else []
+  df = pd.DataFrame(rows)
+  return df.sort_values("step", kind="stable").reset_index(drop=True) if len(df) else df
 
 
 def ema_length_records(run_dir: str) -> pd.DataFrame:
@@ -364,6 +390,51 @@ def arm_summary(sweep: Sweep) -> pd.DataFrame:
           *(f"{k}{s}" for k in METRICS for s in ("", "_std", "_ci95", "_n")),
           "is_split_std", "kid_train_subset_std", "kid_eval_subset_std", "params", "minutes",
           "train_img_per_s", "speed", "guidance_scale", "is_reference", "run_ids", "paper"]
+  return pd.DataFrame(rows, columns=cols)
+
+
+PAIRED = ("fid_eval", "fid_content", "class_acc", "oracle_fd", "bpd_eval")
+
+
+def reference_arms(sweep: Sweep) -> dict[str, str]:
+  """Each group's reference arm for paired differences: the sweep's reference arm where it is
+  in the group, else the group's first arm."""
+  ref_arm = None
+  if sweep.reference is not None:
+    hit = sweep.runs[sweep.runs["run_id"] == sweep.reference]
+    ref_arm = (str(hit["group"].iloc[0]), str(hit["arm"].iloc[0])) if len(hit) else None
+  out: dict[str, str] = {}
+  for g, a in arm_order(sweep.runs) if len(sweep.runs) else []:
+    if ref_arm is not None and ref_arm[0] == g:
+      out[g] = ref_arm[1]
+    out.setdefault(g, a)
+  return out
+
+
+def paired_summary(sweep: Sweep, metrics=PAIRED) -> pd.DataFrame:
+  """Each arm against its group's reference arm (reference_arms), paired by seed: the runs of
+  one seed draw their samples from the same noise and labels (core.generate.sample_key), so
+  their difference carries less of the sampling noise than two independent means. One row
+  per (group, arm) other than the reference, with, per metric m, d_<m> the mean over seeds of
+  (arm - reference), d_<m>_ci95 its 95% t half-width, d_<m>_n the pairs."""
+  runs = sweep.runs[sweep.runs["has_eval"]]
+  refs = reference_arms(sweep)
+  rows = []
+  for g, a in arm_order(sweep.runs) if len(sweep.runs) else []:
+    if a == refs.get(g):
+      continue
+    mine = runs[(runs["group"] == g) & (runs["arm"] == a)].set_index("seed")
+    base = runs[(runs["group"] == g) & (runs["arm"] == refs[g])].set_index("seed")
+    row = {"group": g, "arm": a, "reference": refs[g]}
+    for m in metrics:
+      d = (pd.to_numeric(mine[m], errors="coerce") - pd.to_numeric(base[m], errors="coerce")
+           ).dropna()
+      mean, std = _mean_std(d)
+      row.update({f"d_{m}": mean, f"d_{m}_std": std, f"d_{m}_n": int(len(d)),
+                  f"d_{m}_ci95": ci95(std, len(d))})
+    rows.append(row)
+  cols = ["group", "arm", "reference", *(f"d_{m}{s}" for m in metrics
+                                          for s in ("", "_std", "_ci95", "_n"))]
   return pd.DataFrame(rows, columns=cols)
 
 

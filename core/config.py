@@ -208,6 +208,20 @@ class EvalConfig:
   bound_schedule: str = "linear"  # where the times fall between the end points (core.bound
                                   # EVAL_SCHEDULES): linear in logSNR | cosine; the bound does
                                   # not depend on it, its standard error does
+  # The oracle (core.oracle; this toolkit's metrics beside the paper's FID and IS) where the
+  # data are procedural scenes (shapes, shapes_simple): the kind read back from class-
+  # conditional samples against the label asked, a Fréchet distance in the oracle's features,
+  # the scene parameters read back; samples read at the content resolution.
+  oracle: bool = True
+  oracle_num: int = 0             # samples it reads; 0: those Inception scores (eval.num_samples);
+                                  # more are drawn after those, from a stream of their own
+  oracle_recipe: str = "default"  # core.oracle.RECIPES: default | quick (tests)
+  # Learning curves: every N training steps (0: none), curve_num samples of the EMA model are
+  # read by the oracle (with FID @content where curve_fid) into <model dir>/curve.jsonl. Drawn
+  # with the evaluation's keys, so each point reads the same noise and labels.
+  every: int = 0
+  curve_num: int = 256
+  curve_fid: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -356,12 +370,13 @@ def experiment_from_dict(d: Optional[dict[str, Any]] = None) -> ExperimentConfig
 # not as a division by zero or an empty loop mid-run.
 POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
             "train.ckpt_every", "eval.num_samples", "eval.batch_size", "sampler.steps",
-            "eval.bound_times")
+            "eval.bound_times", "eval.curve_num")
 
 
 # Counts that may be zero but not below.
 NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
-                "loss.weight_cap", "eval.bound_num", "optim.phema_every")
+                "loss.weight_cap", "eval.bound_num", "optim.phema_every", "eval.oracle_num",
+                "eval.every")
 
 
 def get_dotted(cfg, key: str) -> Any:

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from core import oracle as oracle_lib
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
 from core.fid import floor_metrics, inception_score, sample_metrics
@@ -56,6 +57,9 @@ class Evaluation:
   stages: tuple[Stage, ...]
   grid_path: str        # where the sample grid goes (os.devnull off process 0)
   progress: bool = True
+  reads_path: str = os.devnull   # the oracle's per-sample reading (core.oracle.save_reads)
+  # the samples' features, drawn once for every RECORD function that reads them (drawn())
+  memo: dict = dataclasses.field(default_factory=dict, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,19 +143,20 @@ def content_figures(cfg: ExperimentConfig, feats: np.ndarray, extractor, at: int
           "floor": {"num": num, "fid_eval": fm["fid"], "kid_eval": fm["kid"]}}
 
 
-def _draw(ev: Evaluation, ext, content: Optional[int]) -> dict:
+def _draw(ev: Evaluation, ext, content: Optional[int], orc=None) -> dict:
   """Samples with the EMA parameters: writes the grid and returns every sample's features
-  ('pool', 'spatial', 'logits', and 'content': pool_3 at the content resolution), gathered
-  across processes. Each process draws its share of every batch and extracts the features of
-  the images it holds, so every statistic is computed from all samples, as on one device."""
+  ('pool', 'spatial', 'logits', and 'content': pool_3 at the content resolution; with an
+  oracle, its reading 'oracle_<key>' and the labels asked, 'asked'), gathered across
+  processes. Each process draws its share of every batch and extracts the features of the
+  images it holds, so every statistic is computed from all samples, as on one device."""
   cfg = ev.cfg
   n = cfg.eval.num_samples if cfg.eval.fid else cfg.eval.grid_size
   *lower, last = [(s.model, s.model.params, s.model.cfg) for s in ev.stages]
   want_logits = bool(ext is not None and cfg.eval.compute_is and ext.has_logits)
   grid, rows = [], []
-  feats: dict = {"pool": [], "spatial": [], "logits": [], "content": []}
-  for imgs, _, idx in generate(last[0], last[1], cfg, n, seed=cfg.eval.seed,
-                               progress=ev.progress, lower=lower):
+  feats: dict = {"pool": [], "spatial": [], "logits": [], "content": [], "asked": []}
+  for imgs, labels, idx in generate(last[0], last[1], cfg, n, seed=cfg.eval.seed,
+                                    progress=ev.progress, lower=lower):
     if sum(len(g) for g in grid) < cfg.eval.grid_size:
       grid.append(gather_rows(imgs, idx)[:cfg.eval.grid_size - sum(len(g) for g in grid)])
     rows.append(idx)
@@ -163,10 +168,27 @@ def _draw(ev: Evaluation, ext, content: Optional[int]) -> dict:
         feats["logits"].append(o["logits"])
       if content is not None:
         feats["content"].append(ext(box_downsample(imgs, content))["pool"])
+    if orc is not None:
+      for k, v in oracle_lib.read_images(orc, imgs).items():
+        feats.setdefault(f"oracle_{k}", []).append(v)
+      if labels is not None:
+        feats["asked"].append(labels)
   if jax.process_index() == 0:
     save_grid(np.concatenate(grid), ev.grid_path)
   rows = np.concatenate(rows)
   return {k: gather_rows(np.concatenate(v), rows) for k, v in feats.items() if v}
+
+
+def drawn(ev: Evaluation) -> dict:
+  """_draw's features of the run's samples, drawn once per evaluation (the first RECORD
+  function that asks draws them; the others read them)."""
+  if "drawn" not in ev.memo:
+    cfg = ev.cfg
+    ext = inception_extractor(cfg.eval.inception_weights) if cfg.eval.fid else None
+    content = scored_content(cfg) if cfg.eval.fid else None
+    orc = oracle_lib.for_run(cfg, ev.progress)
+    ev.memo.update(drawn=_draw(ev, ext, content, orc), extractor=ext, oracle=orc)
+  return ev.memo["drawn"]
 
 
 _NO_SCORES = {"fid_train": None, "fid_eval": None, "kid_train": None, "kid_eval": None,
@@ -180,9 +202,9 @@ def sample_figures(ev: Evaluation) -> dict:
   (real images of the other split, as many as the samples), IS, and the content-resolution
   figures; with eval.fid off, only the grid and empty scores."""
   cfg = ev.cfg
-  ext = inception_extractor(cfg.eval.inception_weights) if cfg.eval.fid else None
+  feats = drawn(ev)
+  ext = ev.memo["extractor"]
   content = scored_content(cfg) if cfg.eval.fid else None
-  feats = _draw(ev, ext, content)
   out = dict(_NO_SCORES)
   if ext is None:
     return out
@@ -213,6 +235,42 @@ def sample_figures(ev: Evaluation) -> dict:
   if "logits" in feats:
     out["is_mean"], out["is_std"] = inception_score(feats["logits"])
   return out
+
+
+def oracle_figures(ev: Evaluation) -> dict:
+  """The oracle's figures (core.oracle.run_scores) on eval.oracle_num samples: the first
+  those Inception scored, and where oracle_num asks more, further samples of stream 1 (so
+  that the paper's metrics keep their samples); None where the run has no oracle. Writes the
+  per-sample reading to ev.reads_path."""
+  cfg = ev.cfg
+  feats = drawn(ev)
+  orc = ev.memo["oracle"]
+  if orc is None:
+    return {"oracle": None}
+  reads = {k[len("oracle_"):]: v for k, v in feats.items() if k.startswith("oracle_")}
+  asked = feats.get("asked")
+  want = cfg.eval.oracle_num or len(reads["label"])
+  if want > len(reads["label"]):
+    *lower, last = [(s.model, s.model.params, s.model.cfg) for s in ev.stages]
+    more, more_asked, rows = [], [], []
+    for imgs, labels, idx in generate(last[0], last[1], cfg, want - len(reads["label"]),
+                                      seed=cfg.eval.seed, progress=ev.progress, lower=lower,
+                                      stream=1, desc="sampling (oracle)"):
+      more.append(oracle_lib.read_images(orc, imgs))
+      more_asked.append(labels)
+      rows.append(idx)
+    rows = np.concatenate(rows)
+    reads = {k: np.concatenate([v, gather_rows(np.concatenate([m[k] for m in more]), rows)])
+             for k, v in reads.items()}
+    if asked is not None:
+      asked = np.concatenate([asked, gather_rows(np.concatenate(more_asked), rows)])
+  reads = {k: v[:want] for k, v in reads.items()}
+  asked = None if asked is None else asked[:want]
+  rec = oracle_lib.run_scores(cfg, orc, reads, asked)
+  if jax.process_index() == 0 and ev.reads_path != os.devnull:
+    oracle_lib.save_reads(ev.reads_path, reads, asked,
+                          oracle_lib.real_reads(cfg, cfg.data.eval_split, want, orc))
+  return {"oracle": rec}
 
 
 _NO_BOUND = {"bpd_eval": None, "bpd_eval_se": None, "bpd_train": None, "bpd_train_se": None}
@@ -311,7 +369,8 @@ def bound_figures(ev: Evaluation) -> dict:
 
 
 # Each returns some of the record's keys; together they are the record (eval.json).
-RECORD: tuple[Callable[[Evaluation], dict], ...] = (model_figures, sample_figures, bound_figures)
+RECORD: tuple[Callable[[Evaluation], dict], ...] = (model_figures, sample_figures, oracle_figures,
+                                                    bound_figures)
 
 
 def evaluate(ev: Evaluation) -> dict:
@@ -407,12 +466,15 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
     out_dir = os.path.join(run_dir, "evals")
     name, stamp = _record_name(cfg, out_dir)
     path, grid = os.path.join(out_dir, name + ".json"), os.path.join(out_dir, name + ".png")
+    reads = os.path.join(out_dir, name + ".oracle.npz")
   else:
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
     path, grid = os.path.join(run_dir, record), os.path.join(run_dir, "samples.png")
+    reads = os.path.join(run_dir, "oracle.npz")
   if is_main:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-  figures = evaluate(Evaluation(cfg, stages, grid if is_main else os.devnull, progress))
+  figures = evaluate(Evaluation(cfg, stages, grid if is_main else os.devnull, progress,
+                                reads if is_main else os.devnull))
   figures.update(created=stamp, overrides=overrides,
                  settings={k: to_dict(getattr(cfg, k)) for k in EVAL_SECTIONS},
                  model_dirs=[os.path.relpath(d, run_dir) for d in dirs])
@@ -441,6 +503,12 @@ def main(argv: Optional[list] = None) -> int:
   rec = read_json(path) or {}
   bpd = "" if rec.get("bpd_eval") is None else \
       f", bits/dim eval {rec['bpd_eval']:.4f} ± {rec.get('bpd_eval_se') or 0:.4f} (s.e.)"
+  o = rec.get("oracle") or {}
+  if o.get("class_acc") is not None:
+    bpd += (f", class accuracy {o['class_acc']:.3f} [{o['class_acc_lo']:.3f}, "
+            f"{o['class_acc_hi']:.3f}] (real {o['floor']['class_acc']:.3f})")
+  if o:
+    bpd += f", oracle FD {o['fd_eval']:.2f} (floor {o['floor']['fd_eval']:.2f}, n={o['num']})"
   print(f"{path}: FID eval {rec.get('fid_eval')}, KID eval {rec.get('kid_eval')}{bpd}, "
         f"{rec['num_samples']} samples, {rec['eval_time_s']:.0f} s")
   return 0

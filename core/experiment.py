@@ -79,6 +79,7 @@ def check_names(cfg: ExperimentConfig) -> None:
   typo fails when the config is resolved rather than when training or sampling reaches it."""
   from core.bound import EVAL_SCHEDULES
   from core.diffusion import LOSSES, PREDICTIONS
+  from core.oracle import RECIPES
   from core.samplers import SAMPLERS
   from core.schedules import SCHEDULES
   from core.sources import SOURCES, UPSAMPLE
@@ -89,7 +90,8 @@ def check_names(cfg: ExperimentConfig) -> None:
                                ("data.source", cfg.data.source, SOURCES),
                                ("data.upsample", cfg.data.upsample, UPSAMPLE),
                                ("eval.bound_schedule", cfg.eval.bound_schedule,
-                                EVAL_SCHEDULES)):
+                                EVAL_SCHEDULES),
+                               ("eval.oracle_recipe", cfg.eval.oracle_recipe, RECIPES)):
     check_choice(key, value, registry)
 
 

@@ -65,7 +65,7 @@ def to_global(x, sharding):
   return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
 
 
-def class_labels(n: int, num_classes: int, seed: int) -> Optional[np.ndarray]:
+def class_labels(n: int, num_classes: int, seed) -> Optional[np.ndarray]:
   """Balanced labels in a fixed random order (as the paper samples every class equally)."""
   if num_classes == 0:
     return None
@@ -122,8 +122,13 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
     kd = to_global(np.asarray(jax.random.key_data(key)), rep)
     return params, kd, put(labels), put(low)
 
-  def draw(key, labels, low=None):
-    return _draw(*args(key, labels, low))
+  def draw(key, labels, low=None, params=None):
+    """params: other parameters of the same model (a learning curve's later EMA), drawn with
+    the same compiled program."""
+    a = args(key, labels, low)
+    if params is not None:
+      a = (jax.device_put(params, rep), *a[1:])
+    return _draw(*a)
   draw.mesh = mesh
   # The compiled program's HLO text (scripts/profile_step.py names its ops with it).
   draw.hlo_text = lambda key, labels, low=None: _draw.lower(*args(key, labels, low)).compile(
@@ -150,22 +155,36 @@ def make_cascade_sampler(stages, batch: int) -> Callable:
   return draw
 
 
+def sample_key(cfg: ExperimentConfig, seed: int, stream: int = 0):
+  """The key of a run's samples: a function of train.seed, the evaluation seed and the stream
+  only, so every arm of a sweep at one seed draws from the same noise and labels (common
+  random numbers: its arms' differences are paired). Stream 0 is what Inception scores; the
+  oracle's extra samples are stream 1."""
+  key = jax.random.fold_in(jax.random.key(cfg.train.seed), 2 + seed)
+  return jax.random.fold_in(jax.random.fold_in(key, 0x5EED), stream) if stream else key
+
+
 def generate(model: ModelFn, params, cfg: ExperimentConfig, num: int, seed: int = 0,
-             progress: bool = True, desc: str = "sampling", lower=()):
+             progress: bool = True, desc: str = "sampling", lower=(), stream: int = 0,
+             draw=None):
   """Yields (uint8 images, labels, global row indices) batches until `num` samples; the last
   batch is trimmed.
 
   lower: a cascade's lower stages as (model, params, cfg), base first; model, params and cfg
-  are then its last super-resolution stage.
+  are then its last super-resolution stage. stream: sample_key's. draw: a sampler of batch
+  min(eval.batch_size, num) made before (make_sampler), reused instead of a new one.
   """
   from tqdm.auto import tqdm
   bs = min(cfg.eval.batch_size, num)
-  if lower:
+  if draw is not None:
+    pass
+  elif lower:
     draw = make_cascade_sampler([*lower, (model, params, cfg)], bs)
   else:
     draw = make_sampler(model, params, cfg, bs)
-  labels_all = class_labels(-(-num // bs) * bs, cfg.model.num_classes, seed)
-  key = jax.random.fold_in(jax.random.key(cfg.train.seed), 2 + seed)
+  labels_all = class_labels(-(-num // bs) * bs, cfg.model.num_classes,
+                            [seed, stream] if stream else seed)
+  key = sample_key(cfg, seed, stream)
   done = 0
   with tqdm(total=num, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
     for i in range(-(-num // bs)):

@@ -40,6 +40,15 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     raise
 
 
+def write_npz_atomic(path: str, arrays: dict) -> None:
+  """numpy arrays as an .npz, written atomically (write_bytes_atomic)."""
+  import io
+  import numpy as np
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_bytes_atomic(path, buf.getvalue())
+
+
 def write_json_atomic(path: str, obj: Any) -> None:
   write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 

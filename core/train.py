@@ -367,7 +367,7 @@ def init_distributed(cfg: ExperimentConfig) -> None:
 def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
           stop_after: Optional[int] = None, log: Callable[[str], None] = print,
           on_log: Optional[Callable[[dict], None]] = None,
-          lock_wait_s: float = 0.0) -> TrainResult:
+          lock_wait_s: float = 0.0, on_step: Optional[Callable] = None) -> TrainResult:
   """Trains to cfg.train.steps, resuming from workdir's newest checkpoint.
 
   stop_after: return after this many steps of this call (to test interruption).
@@ -375,15 +375,18 @@ def train(cfg: ExperimentConfig, workdir: str, *, mesh: Optional[Mesh] = None,
   lock_wait_s: workdir is owned by one process at a time (runio.DirLock); another live owner
   raises LockHeld at once, or after this many seconds of waiting for it (math.inf: until it is
   done, then this call resumes from what it wrote). A multi-process run is owned by its launch.
+  on_step: called on every process after each step as on_step(step, trainer, state), before
+  that step's checkpoint (a learning curve, core.curve); its seconds are left out of the
+  run's speed and training time.
   """
   init_distributed(cfg)
   if jax.process_count() > 1:
-    return _train(cfg, workdir, mesh, stop_after, log, on_log)
+    return _train(cfg, workdir, mesh, stop_after, log, on_log, on_step)
   with DirLock(workdir, wait_s=lock_wait_s, on_wait=log):
-    return _train(cfg, workdir, mesh, stop_after, log, on_log)
+    return _train(cfg, workdir, mesh, stop_after, log, on_log, on_step)
 
 
-def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
+def _train(cfg, workdir, mesh, stop_after, log, on_log, on_step=None) -> TrainResult:
   is_main = jax.process_index() == 0
   check_backends(cfg.train.log_to)   # a metrics backend asked for but missing: before any work
   os.makedirs(workdir, exist_ok=True)
@@ -451,6 +454,11 @@ def _train(cfg, workdir, mesh, stop_after, log, on_log) -> TrainResult:
         bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{ips:.0f}")
       if phema_due(cfg, step):
         save_phema_snapshot(workdir, state, cfg.optim.phema_sigma_rels)
+      if on_step is not None:
+        h0 = time.perf_counter()
+        on_step(step, trainer, state)
+        spent = time.perf_counter() - h0   # not training: out of the speed and the time
+        t0, last_t = t0 + spent, last_t + spent
       if ckpt_due:
         save_checkpoint(mngr, state, pipeline.iterator_state_to_json(it),
                         time_before + time.perf_counter() - t0)
@@ -470,7 +478,8 @@ def main(argv=None) -> None:
   from core.devices import setup
   from core.hydra_entry import run_hydra
   setup()
-  run_hydra(lambda cfg, workdir: train(cfg, workdir), argv)
+  from core.curve import curve_hook
+  run_hydra(lambda cfg, workdir: train(cfg, workdir, on_step=curve_hook(cfg, workdir)), argv)
 
 
 if __name__ == "__main__":

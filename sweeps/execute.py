@@ -36,9 +36,11 @@ def train_stages(r: RunSpec, sdir: str, on_step=None, progress: bool = True) -> 
   """Trains each stage of a run that its model directory does not hold finished (a cascade's
   stages, base first); a finished model is not rebuilt (core.train.trained_step), so no data
   pipeline is made for it. on_step(step) follows training, counted over all stages."""
+  from core.curve import curve_hook
   from core.train import train, trained_step
   done_before = 0
-  for c in stage_configs(r.config):
+  configs = stage_configs(r.config)
+  for c in configs:
     model_dir = shared_model_dir(sdir, c)   # <results>/_models/<key>, shared across sweeps
     if trained_step(c, model_dir) < c.train.steps:
       if not progress:   # --no-progress: the training bar too (train.progress is not in the key)
@@ -47,7 +49,9 @@ def train_stages(r: RunSpec, sdir: str, on_step=None, progress: bool = True) -> 
           lambda row, b=done_before: on_step(b + int(row["step"])))
       # Another process training the same model (a concurrent sweep sharing it): wait for it,
       # then resume from what it wrote, which is then finished.
-      train(c, model_dir, on_log=on_log, lock_wait_s=math.inf)
+      # a learning curve (eval.every) of the run's own samples: a single-stage run's model
+      hook = curve_hook(c, model_dir) if len(configs) == 1 else None
+      train(c, model_dir, on_log=on_log, lock_wait_s=math.inf, on_step=hook)
     done_before += c.train.steps
 
 

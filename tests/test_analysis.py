@@ -253,7 +253,9 @@ def test_cli_writes_markdown_latex_csv_for_every_sweep(results, tmp_path, capsys
   assert make_tables.main([results, "--out", out]) == 0
   printed = capsys.readouterr().out
   names = ["guidance_cpu", "noise_shift_cpu", "noise_shift_paper"]
-  assert sorted({os.path.splitext(f)[0] for f in os.listdir(out)}) == names  # not scratch/
+  # <sweep>_paired.csv beside a sweep whose arms pair by seed
+  assert sorted({os.path.splitext(f)[0].removesuffix("_paired") for f in os.listdir(out)}) \
+      == names  # not scratch/
   for n in names:
     md = open(os.path.join(out, f"{n}.md")).read()
     tex = open(os.path.join(out, f"{n}.tex")).read()
@@ -262,7 +264,7 @@ def test_cli_writes_markdown_latex_csv_for_every_sweep(results, tmp_path, capsys
     for key in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
       assert key in tex
     assert "±" not in tex and r"$\pm$" in tex
-    rows = [l for l in md.splitlines() if l.startswith("| ")][1:]
+    rows = [l for l in md.split("#### Paired")[0].splitlines() if l.startswith("| ")][1:]
     assert len(rows) == len(csv)
   csv = pd.read_csv(os.path.join(out, "noise_shift_cpu.csv"))
   arms = [a for _, a in paper_numbers.arms_of("2")]
