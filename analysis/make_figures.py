@@ -13,6 +13,8 @@ Paper-style figures, PNG and PDF of each, into RESULTS/figures/ (or --out):
   <sweep>_curves     learning curves (eval.every: the oracle's class accuracy and FD, FID
                      @content where asked) against steps, an arm's seeds as a band
   <sweep>_scene      the scene parameters the oracle reads from each arm's samples vs real
+  <sweep>_weighting  each arm's objective as an eps-space weighting over the content's logSNR
+                     (loss weight x schedule density), for sweeps whose arms differ there
   <sweep>_samples    every arm's samples.png, tiled with its label
 The first two are pure maths and always drawn; the others come from each sweep folder under
 RESULTS (docs/results_layout.md), skipped where a sweep has nothing to draw yet. A RESULTS
@@ -542,6 +544,78 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
   return fig
 
 
+# --- the objectives' weighting over noise levels -------------------------------------------
+
+def weighting_lines(sweep: Sweep) -> list[dict]:
+  """Per (group, arm), from its first run's config.yaml: the eps-space weighting of its
+  objective over logSNR (core.diffusion.objective_weighting: loss weight x schedule density),
+  on the axis of the content's logSNR (logsnr + 2 ln(resolution / content resolution): what
+  an s x s block mean of upsampled content sees). Empty unless the arms differ in schedule,
+  loss or prediction."""
+  import yaml
+  from core.config import ExperimentConfig, from_dict
+  from core.diffusion import objective_weighting
+  from core.schedules import make_schedule
+  from core.sources import content_resolution
+  seen, out, kinds = set(), [], set()
+  for _, r in sweep.runs.iterrows():
+    p = os.path.join(r["dir"], "config.yaml")
+    if (r["group"], r["arm"]) in seen or not os.path.isfile(p):
+      continue
+    seen.add((r["group"], r["arm"]))
+    with open(p) as f:
+      cfg = from_dict(ExperimentConfig, yaml.safe_load(f))
+    kinds.add((json_key(cfg.schedule), json_key(cfg.loss), cfg.model.prediction,
+               cfg.resolution))
+    lam, dens = objective_weighting(cfg.loss, make_schedule(cfg.schedule, cfg.resolution),
+                                    num=20001)
+    c = content_resolution(cfg.data, cfg.resolution)
+    shift = 2.0 * math.log(cfg.resolution / c) if cfg.resolution % c == 0 else 0.0
+    cum = np.cumsum(dens * np.gradient(lam))
+    out.append({"group": r["group"], "arm": r["arm"], "content_logsnr": lam + shift,
+                "density": dens, "median": float(lam[np.searchsorted(cum, cum[-1] / 2)] + shift),
+                "loss": cfg.loss.name + (f" (cap {cfg.loss.weight_cap:g})"
+                                         if cfg.loss.weight_cap else ""),
+                "prediction": cfg.model.prediction, "multiscale": cfg.loss.multiscale})
+  varies = len({k[:3] for k in kinds}) > 1
+  return out if varies else []
+
+
+def json_key(section) -> str:
+  import json
+  from core.config import to_dict
+  return json.dumps(to_dict(section), sort_keys=True)
+
+
+def weighting_figure(sweep: Sweep) -> Optional[Figure]:
+  """The mechanism behind a schedule or loss ablation: each arm's eps-space weighting against
+  the content's logSNR, one panel a group, its median marked (multiscale terms not drawn)."""
+  lines = weighting_lines(sweep)
+  if not lines:
+    return None
+  groups = list(dict.fromkeys(l["group"] for l in lines))
+  arms = list(dict.fromkeys(l["arm"] for l in lines))
+  pal = dict(zip(arms, sns.color_palette("tab10" if len(arms) <= 10 else "husl", len(arms))))
+  with style():
+    fig = Figure(figsize=(4.3 * len(groups) + 1, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(groups), squeeze=False)[0])
+    for ax, g in zip(axes, groups):
+      for l in (l for l in lines if l["group"] == g):
+        ax.plot(l["content_logsnr"], l["density"], color=pal[l["arm"]], lw=1.6,
+                label=f"{l['arm']}: {l['prediction']}, {l['loss']}"
+                + (", +multiscale" if l["multiscale"] else "")
+                + f" (median {l['median']:.1f})")
+        ax.axvline(l["median"], color=pal[l["arm"]], ls=":", lw=1)
+      ax.set_xlim(-20, 15)
+      ax.set_xlabel("content logSNR = logSNR + 2 ln(res / content res)")
+      ax.set_ylabel("weighting density w(λ) p(λ)")
+      ax.set_title(f"group {group_label(sweep, g)}")
+      ax.legend(fontsize=7)
+    fig.suptitle(f"{sweep.name}: where each objective puts its weight\n(Kingma and Gao "
+                 "2023: eps-space weight x the schedule's density of logSNR)")
+  return fig
+
+
 # --- learning curves and the oracle's reading ---------------------------------------------
 
 CURVE_METRICS = (("class_acc", "class accuracy (oracle)", "floor_class_acc", 100.0),
@@ -737,6 +811,7 @@ def sweep_figures(sweep: Sweep, with_paper: Optional[bool] = None) -> dict[str, 
   for suffix, fn in (("guidance", lambda s: guidance_figure(s, with_paper)),
                      ("shift", shift_figure), ("loss", training_figure),
                      ("curves", curve_figure), ("scene", scene_figure),
+                     ("weighting", weighting_figure),
                      ("samples", samples_figure)):
     fig = fn(sweep)
     if fig is not None:

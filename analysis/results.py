@@ -170,6 +170,10 @@ def sampler_text(s) -> Optional[str]:
     parts.append(f"noise_param {s['noise_param']:g}")
   if s.get("clip_x") is not None:
     parts.append("x clipped" if s["clip_x"] else "x not clipped")
+  sch = s.get("schedule")
+  if isinstance(sch, dict) and sch.get("trained") is False:   # core.generate.sampling_schedule
+    parts.append(f"sampled with the {sch.get('name')} schedule"
+                 + (f" (noise_d {sch['noise_d']})" if sch.get("noise_d") else ""))
   return ", ".join(parts)
 
 

@@ -77,6 +77,12 @@ class SamplerConfig:
   guidance_t_max: float = 1.0
   # CDM super-resolution stages (SPEC section 4). Sampling-time only, so that an s-sweep shares
   # one trained model (sweeps.spec.train_key ignores the sampler section).
+  # Sampling under another noise schedule than training's (EDM and Chen 2023 set the two apart;
+  # the network is conditioned on logSNR, so the sampler may visit other levels' spacing):
+  # "" samples with the training schedule; cosine | shifted | interpolated name another, with
+  # the training schedule's end points and, for shifted, schedule_noise_d (0: training's).
+  schedule: str = ""
+  schedule_noise_d: int = 0
   cond_s: float = 0.0             # augmentation level s of the low-res input, picked by a search
   cond_truncated: bool = False    # truncated: stop the lower stage at s instead of re-noising x_0
 
@@ -376,7 +382,7 @@ POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
 # Counts that may be zero but not below.
 NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
                 "loss.weight_cap", "eval.bound_num", "optim.phema_every", "eval.oracle_num",
-                "eval.every")
+                "eval.every", "sampler.schedule_noise_d")
 
 
 def get_dotted(cfg, key: str) -> Any:

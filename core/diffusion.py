@@ -160,6 +160,23 @@ def loss_log_weight(cfg: LossConfig, logsnr, dlogsnr_dt):
   return log_w
 
 
+def objective_weighting(loss: LossConfig, schedule: Schedule, num: int = 4001):
+  """Where a training objective puts its weight over noise levels (Kingma and Gao 2023): any
+  loss here is w_x(logsnr) ||x - x_hat||^2 at t ~ U(0, 1), i.e. the eps-space weighting
+  w(logsnr) = w_x(logsnr) e^-logsnr times the schedule's density of logsnr, 1 / |dlogsnr/dt|.
+  Returns (logsnr ascending, that weighting as a density over logsnr integrating to 1), as
+  numpy arrays; the multiscale loss's extra terms (section 3.2) are not included."""
+  import numpy as np
+  t = jnp.linspace(0.5 / num, 1.0 - 0.5 / num, num)
+  lam, dlam = jax.vmap(jax.value_and_grad(lambda u: schedule(u)))(t)
+  per_t = jnp.exp(loss_log_weight(loss, lam, dlam) - lam)     # weight per unit of t
+  lam, dlam, per_t = (np.asarray(a, np.float64) for a in (lam, dlam, per_t))
+  dens = per_t / np.abs(dlam)                                 # per unit of logsnr
+  total = float(np.sum(per_t) / num)                          # its integral over t (midpoints)
+  order = np.argsort(lam)
+  return lam[order], dens[order] / total
+
+
 def avg_pool_to(x, s: int):
   """D_s: linear downsampling of NHWC x to s x s by average pooling."""
   n, h, w, c = x.shape

@@ -99,7 +99,8 @@ def model_figures(ev: Evaluation) -> dict:
          "guidance_scale": cfg.sampler.guidance_scale, "num_samples": n,
          # how the samples were drawn (issue 13: evaluation records say so)
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
-                     "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x},
+                     "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x,
+                     "schedule": sampler_schedule_record(cfg)},
          "devices": jax.device_count(), "processes": jax.process_count(),
          "ema": ema_record(cfg, last.step)}
   if jax.process_count() == 1:
@@ -110,6 +111,16 @@ def model_figures(ev: Evaluation) -> dict:
   if len(ev.stages) > 1:
     out["stages"] = [s.model.cfg.resolution for s in ev.stages]
   return out
+
+
+def sampler_schedule_record(cfg: ExperimentConfig) -> dict:
+  """The schedule the sampler walked (core.generate.sampling_schedule), as schedule_record
+  gives the training one, with "trained": whether it is the training schedule."""
+  if not cfg.sampler.schedule:
+    return {**schedule_record(cfg), "trained": True}
+  sc = dataclasses.replace(cfg.schedule, name=cfg.sampler.schedule,
+                           noise_d=cfg.sampler.schedule_noise_d or cfg.schedule.noise_d)
+  return {**schedule_record(dataclasses.replace(cfg, schedule=sc)), "trained": False}
 
 
 def ema_record(cfg: ExperimentConfig, step: int) -> dict:
@@ -440,6 +451,8 @@ def _record_name(cfg: ExperimentConfig, out_dir: str) -> tuple[str, str]:
           f"-g{cfg.sampler.guidance_scale:g}-seed{cfg.eval.seed}")
   if cfg.ema.sigma_rel > 0:
     base += f"-phema{cfg.ema.sigma_rel:g}"
+  if cfg.sampler.schedule:   # sampled under another schedule than training's
+    base += f"-sched-{cfg.sampler.schedule}{cfg.sampler.schedule_noise_d or ''}"
   name, i = base, 1
   while os.path.exists(os.path.join(out_dir, name + ".json")):
     name, i = f"{base}-{i}", i + 1

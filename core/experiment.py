@@ -93,6 +93,8 @@ def check_names(cfg: ExperimentConfig) -> None:
                                 EVAL_SCHEDULES),
                                ("eval.oracle_recipe", cfg.eval.oracle_recipe, RECIPES)):
     check_choice(key, value, registry)
+  if cfg.sampler.schedule:
+    check_choice("sampler.schedule", cfg.sampler.schedule, SCHEDULES)
 
 
 # Settings that never change the trained parameters: how a run logs, checkpoints, shows

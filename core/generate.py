@@ -7,6 +7,7 @@ restores one from a checkpoint (core.train.restore_ema).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Optional, Protocol
 
@@ -20,7 +21,7 @@ from core.config import ExperimentConfig
 from core.devices import make_mesh
 from core.runio import STOP
 from core.samplers import sample
-from core.schedules import Schedule
+from core.schedules import Schedule, make_schedule
 
 
 def to_uint8(x) -> np.ndarray:
@@ -82,6 +83,17 @@ class ModelFn(Protocol):
   def apply(self, params, z, logsnr, labels, *, train: bool, **cond): ...
 
 
+def sampling_schedule(cfg: ExperimentConfig, trained: Schedule) -> Schedule:
+  """The schedule the sampler walks: the training one, or sampler.schedule's (with the training
+  schedule's end points; a shifted one at sampler.schedule_noise_d, 0: training's noise_d)."""
+  s = cfg.sampler
+  if not s.schedule:
+    return trained
+  sc = dataclasses.replace(cfg.schedule, name=s.schedule,
+                           noise_d=s.schedule_noise_d or cfg.schedule.noise_d)
+  return make_schedule(sc, cfg.resolution)
+
+
 def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
                  t_end: float = 0.0, mesh=None, trajectory: bool = False) -> Callable:
   """A jitted function key, labels, low=None -> samples of one batch (floats for to_uint8).
@@ -92,7 +104,7 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
   (truncated CDM augmentation of the next stage). trajectory: return (samples, trajectory) as
   core.samplers.sample does.
   """
-  schedule, task = model.schedule, model.task
+  schedule, task = sampling_schedule(cfg, model.schedule), model.task
   shape = (batch, cfg.resolution, cfg.resolution, cfg.model.out_channels)
   mesh = mesh or make_mesh(batch=batch)
   rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())

@@ -249,3 +249,29 @@ def test_a_model_outputs_what_its_prediction_names():
   assert out.shape == z.shape and bool(jnp.isfinite(out).all())
   with pytest.raises(Exception, match="model.prediction"):
     build_model(dataclasses.replace(cfg, prediction="score"), 16)
+
+
+def _median(lam, dens):
+  c = np.cumsum(dens * np.gradient(lam))
+  return float(np.interp(0.5 * c[-1], c, lam))
+
+
+def test_objective_weighting_is_the_loss_weight_times_the_schedule_density():
+  """Kingma and Gao's view: with eps-MSE (eps-space weight 1) the weighting is the schedule's
+  own density of logSNR, whose median for the clipped cosine is logSNR(t = 1/2) = 0 and moves by
+  exactly the shift 2 ln(noise_d / res); any loss under a shift is its cosine weighting moved
+  by the shift (x-MSE's e^-logsnr weight only rescales). Fails with the density read per unit
+  of t, or without the e^-logsnr of the x error's weight."""
+  from core.config import LossConfig, ScheduleConfig
+  from core.diffusion import objective_weighting
+  from core.schedules import make_schedule
+  cos, sh = make_schedule(ScheduleConfig("cosine"), 64), make_schedule(
+      ScheduleConfig("shifted", noise_d=16), 64)
+  eps, x = LossConfig("eps_mse"), LossConfig("x_mse")
+  lam, d = objective_weighting(eps, cos, num=20001)
+  assert abs(float(np.sum(d * np.gradient(lam))) - 1) < 1e-3
+  assert abs(_median(lam, d)) < 0.01
+  assert abs(_median(*objective_weighting(eps, sh, num=20001)) + 2 * np.log(4)) < 0.01
+  mx = _median(*objective_weighting(x, cos, num=20001))
+  assert mx < -12   # x-MSE: almost all of it at the clipped noisy end (median -13.6)
+  assert abs(_median(*objective_weighting(x, sh, num=20001)) - (mx - 2 * np.log(4))) < 0.05

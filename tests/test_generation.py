@@ -195,3 +195,26 @@ def test_training_mutation_is_caught(monkeypatch):
   tr, state = memorise(cfg, imgs, labels)
   with pytest.raises(AssertionError):
     check(tr, state, cfg, imgs, labels)
+
+
+def test_sampling_under_another_schedule_is_that_schedule():
+  """sampler.schedule samples a model trained under one schedule with another's levels: the
+  same as a model trained under the named schedule with the same parameters, and naming the
+  training schedule itself changes nothing (bit for bit)."""
+  from core.config import replace
+  base = _config()                       # trained: shifted, noise_d RES // 2
+  trainer = Trainer(replace(base, **{"train.batch_size": 4}))
+  params = jax.jit(trainer._init)(jax.random.key(0)).ema_params
+  key, labels = jax.random.key(3), np.arange(4, dtype=np.int32)
+
+  def draw(cfg):
+    t = Trainer(replace(cfg, **{"train.batch_size": 4}))
+    return np.asarray(make_sampler(t, params, cfg, 4)(key, labels))
+  own = draw(base)
+  same = draw(replace(base, **{"sampler.schedule": "shifted",
+                               "sampler.schedule_noise_d": RES // 2}))
+  assert np.array_equal(own, same)
+  cos_sampled = draw(replace(base, **{"sampler.schedule": "cosine"}))
+  cos_trained = draw(replace(base, **{"schedule.name": "cosine"}))
+  assert np.array_equal(cos_sampled, cos_trained)
+  assert np.abs(cos_sampled - own).max() > 1e-2
