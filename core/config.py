@@ -223,11 +223,12 @@ class EvalConfig:
                                   # more are drawn after those, from a stream of their own
   oracle_recipe: str = "default"  # core.oracle.RECIPES: default | quick (tests)
   # Learning curves: every N training steps (0: none), curve_num samples of the EMA model are
-  # read by the oracle (with FID @content where curve_fid) into <model dir>/curve.jsonl. Drawn
+  # read by the oracle into <model dir>/curve.jsonl, with FID @content at the points whose step
+  # is a multiple of curve_fid_every (0: none; Inception is ~15 images/s on 2 cores). Drawn
   # with the evaluation's keys, so each point reads the same noise and labels.
   every: int = 0
   curve_num: int = 256
-  curve_fid: bool = False
+  curve_fid_every: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,10 +369,6 @@ def replace(cfg, **dotted: Any):
   return from_dict(type(cfg), d)
 
 
-def experiment_from_dict(d: Optional[dict[str, Any]] = None) -> ExperimentConfig:
-  return from_dict(ExperimentConfig, d or {})
-
-
 # Counts and sizes that no run can have at zero or below: caught when the config is resolved,
 # not as a division by zero or an empty loop mid-run.
 POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
@@ -382,7 +379,7 @@ POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
 # Counts that may be zero but not below.
 NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
                 "loss.weight_cap", "eval.bound_num", "optim.phema_every", "eval.oracle_num",
-                "eval.every", "sampler.schedule_noise_d")
+                "eval.every", "sampler.schedule_noise_d", "eval.curve_fid_every")
 
 
 def get_dotted(cfg, key: str) -> Any:

@@ -5,7 +5,8 @@ With eval.every = N, every N training steps (and at the last) eval.curve_num sam
 EMA parameters are drawn with the evaluation's own keys (core.generate.sample_key, stream 0:
 every point and every arm of a seed read the same noise and labels) and read by the oracle
 (core.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor), with
-FID eval @content where eval.curve_fid asks (Inception: about 15 images/s on 2 cores). Rows go
+FID eval @content at the points whose step is a multiple of eval.curve_fid_every (Inception:
+about 15 images/s on 2 cores). Rows go
 to <model dir>/curve.jsonl, one per step; a resumed run writes its steps again over any rows
 from the steps it repeats. The hook costs training nothing else: core.train calls it between
 steps and leaves its seconds out of the run's speed and training time.
@@ -49,13 +50,15 @@ class CurveHook:
     if self.draw is None:   # one compiled sampler for every point: the parameters are an input
       self.draw = make_sampler(trainer, ema, cfg, min(cfg.eval.batch_size, n))
     draw = lambda key, labels, low=None: self.draw(key, labels, low, params=ema)
+    e = cfg.eval
+    with_fid = e.curve_fid_every > 0 and step % e.curve_fid_every == 0
     reads, asked, rows, images = [], [], [], []
     for imgs, labels, idx in generate(trainer, ema, cfg, n, seed=cfg.eval.seed,
                                       progress=False, draw=draw):
       reads.append(oracle_lib.read_images(self.oracle, imgs))
       asked.append(labels)
       rows.append(idx)
-      if cfg.eval.curve_fid:
+      if with_fid:
         images.append(imgs)
     rows = np.concatenate(rows)
     r = {k: gather_rows(np.concatenate([x[k] for x in reads]), rows) for k in reads[0]}
@@ -66,7 +69,7 @@ class CurveHook:
            "fd_eval": s["fd_eval"], "floor_fd_eval": s["floor"]["fd_eval"],
            "floor_class_acc": s["floor"]["class_acc"],
            **{f"{k}_mean": v["mean"] for k, v in s["params"].items()}}
-    if cfg.eval.curve_fid:
+    if with_fid:
       row["fid_content"] = self._fid(np.concatenate(images), rows)
     row.update(seconds=time.perf_counter() - t0, time=time.time())
     if jax.process_index() == 0:
