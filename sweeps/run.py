@@ -104,6 +104,8 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"model {r.train_key})")
         print(yaml.safe_dump(to_dict(r.config), sort_keys=False).rstrip())
         print()
+      for arms in meta.get("shared_models", []):   # declared: the arms are one network here
+        print(f"# one network on purpose (shared_models): {', '.join(map(repr, arms))}")
       print(f"{len(runs)} runs of {meta['sweep']} at tier {meta['tier']}")
       return 0
     preflight(runs)

@@ -15,6 +15,8 @@ File layout (see ablations/*.yaml):
     grid_label: "{label} {guidance_scale:.2f}"  # optional: row label from the grid values
     tiers:                       # paper | gpu | cpu | smoke; over ablations/_tiers.yaml's
       cpu: {scale: 8, presets: {unet: unet_tiny}, set: {...}}
+    shared_models:               # optional: arms that are one model on purpose (see below)
+      !tier {smoke: [[none, r=32]]}    # or a plain list of lists: at every tier
 
 The rule. A key takes its value from the last of four layers that sets it: the file's `base`,
 the tier's `set` (ablations/_tiers.yaml, then the file's own `tiers:`), the arm (its `set` and
@@ -26,6 +28,15 @@ values of the file (base, arm, grid) are the paper's, and the tier adapts them: 
 the same architecture (`presets`), which keeps the paper preset's front-end unless a layer sets
 model.frontend. Everything else is taken as written: `!tier` values, the tier's `set`, the
 command line. (seeds: the file's, then the tier's, then seeds=N.)
+
+No silent collapse. Arms that set a training key apart are meant to be different models; if
+at a tier they are one model anyway (a tier's set overriding the axis, values that select the
+same levels), expansion stops with one line naming the arms and the keys. They are compared
+on the network they build (effective_model: dropout as the levels it reaches), not only on
+the model key. Arms that differ only in sampling or evaluation (guidance scales, CDM's
+cond_s) share one model by design and pass. Arms that are one model on purpose are declared
+in `shared_models`: a list of lists of arm labels (an arm's label as written in `arms`, or a
+grid row's label), or `!tier {tier: [[...]]}` for some tiers only, with a comment saying why.
 """
 from __future__ import annotations
 
@@ -38,14 +49,15 @@ from typing import Any
 import yaml
 
 from core.config import ConfigError, ExperimentConfig, flatten, parse_assignments, set_dotted
-from core.experiment import resolve, train_key  # noqa: F401  (train_key: re-exported)
+from core.experiment import NOT_TRAINING, resolve, train_settings
+from core.experiment import train_key  # noqa: F401  (re-exported)
 
 TIERS = ("paper", "gpu", "cpu", "smoke")
 RES_KEYS = ("resolution", "schedule.noise_d", "schedule.noise_d_low", "schedule.noise_d_high",
             "loss.multiscale_base", "model.dropout_max_res", "cond.low_resolution",
             "cascade.stages")
 FILE_KEYS = {"name", "table", "title", "description", "reference", "seeds", "base", "arms",
-             "grid", "grid_label", "tiers"}
+             "grid", "grid_label", "tiers", "shared_models"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,7 +248,8 @@ def _tier_spec(path: str, spec: dict[str, Any], tier: str) -> dict[str, Any]:
     with open(defaults_path) as f:
       layers.append((defaults_path, (yaml.load(f, Loader=_Loader) or {}).get(tier)))
   layers.append((path, (spec.get("tiers") or {}).get(tier)))
-  out: dict[str, Any] = {"set": {}, "presets": {}}
+  out: dict[str, Any] = {"set": {}, "presets": {}, "from": {}}
+  shown = {defaults_path: os.path.join(os.path.dirname(path), "_tiers.yaml"), path: path}
   for where, t in layers:
     t = t or {}
     if not isinstance(t, dict):
@@ -252,6 +265,7 @@ def _tier_spec(path: str, spec: dict[str, Any], tier: str) -> dict[str, Any]:
     s = _flatten(t.get("set") or {})
     _check_values(s, f"{where}: tiers.{tier}.set", per_tier=False)
     out["set"].update(s)
+    out["from"].update(dict.fromkeys(s, shown[where]))   # for the collapse check's message
     from core.models.presets import PRESETS
     for arch, name in (t.get("presets") or {}).items():
       if name not in PRESETS:
@@ -285,6 +299,7 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
     if not isinstance(v, list):
       raise ConfigError(f"{path}: grid.{k} must be a list of values, got {v!r}")
   combos = list(itertools.product(*grid.values())) if grid else [()]
+  entry = {}   # (group, label) -> the label as written in arms (a grid row's arm)
   for i, arm in enumerate(spec["arms"]):
     if not isinstance(arm, dict) or "label" not in arm:
       raise ConfigError(f"{path}: arms[{i}] needs a 'label'")
@@ -316,6 +331,7 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
       arms.append((label, str(arm.get("group", "")), vals,
                    _paper_rows(arm.get("paper"), label, str(arm.get("group", "")),
                                f"{path}: arms[{i}]")))
+      entry[(str(arm.get("group", "")), label)] = str(arm["label"])
 
   runs: list[RunSpec] = []
   seen = set()
@@ -341,6 +357,8 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
       runs.append(RunSpec(run_id=run_id, arm=label, group=group, seed=seed, values=vals,
                           config=cfg, train_key=train_key(cfg), paper=paper))
 
+  shared = _check_collapse(path, spec, tier, runs, entry, tier_spec, overrides or {})
+
   ref = spec.get("reference")
   ref_id = None
   if ref is not None:
@@ -354,4 +372,124 @@ def expand(path: str, tier: str = "paper", overrides: dict[str, Any] | None = No
           "runs": [{"run_id": r.run_id, "arm": r.arm, "group": r.group, "seed": r.seed,
                     "values": {k: v for k, v in r.values.items()},
                     "paper": list(r.paper)} for r in runs]}
+  if shared:
+    meta["shared_models"] = shared
   return meta, runs
+
+
+def effective_model(cfg: ExperimentConfig) -> dict[str, Any]:
+  """train_settings(cfg) with dropout as the network has it: the rate and the feature
+  resolutions whose blocks drop out (core.models.unet._drop). A dropout_max_res below the
+  lowest level is then dropout 0, and two values that reach the same levels are equal. For
+  comparing arms only: the model key (train_key) is not changed."""
+  from core.models.unet import level_resolutions
+  s = train_settings(cfg)
+  m = cfg.model
+  try:
+    levels = level_resolutions(m, cfg.resolution)
+  except ConfigError:
+    return s   # a model that cannot be built: preflight names it
+  at = [r for r in levels if r <= m.dropout_max_res] if m.dropout else []
+  s.pop("model.dropout_max_res", None)
+  s["model.dropout"] = [m.dropout, at] if at else 0.0
+  return s
+
+
+def _declared(path: str, spec: dict[str, Any], tier: str, labels: set) -> list[set]:
+  """The file's shared_models at this tier: sets of arm labels that are one model on purpose."""
+  v = spec.get("shared_models")
+  if isinstance(v, PerTier):
+    if set(map(str, v)) - set(TIERS):
+      raise ConfigError(f"{path}: shared_models: !tier {dict(v)!r} names an unknown tier; "
+                        f"tiers: {', '.join(TIERS)}")
+    v = v.get(tier)
+  if v is None:
+    return []
+  if not (isinstance(v, list) and all(isinstance(g, list) and len(g) > 1 for g in v)):
+    raise ConfigError(f"{path}: shared_models must be a list of lists of arm labels, e.g. "
+                      f"[[none, r=16]], or !tier {{cpu: [[none, r=16]]}}, got {v!r}")
+  for g in v:
+    for name in g:
+      if str(name) not in labels:
+        raise ConfigError(f"{path}: shared_models names {str(name)!r}, which is no arm's "
+                          f"label; labels: {', '.join(sorted(labels))}")
+  return [set(map(str, g)) for g in v]
+
+
+def _check_collapse(path: str, spec: dict[str, Any], tier: str, runs: list[RunSpec],
+                    entry: dict, tier_spec: dict[str, Any], overrides: dict[str, Any]) -> list:
+  """Stops (ConfigError) where arms that set a training key apart are one model at this tier,
+  unless shared_models declares them; returns the declared groups that are one model."""
+  import json
+  from core.config import to_dict
+  from core.models.unet import level_resolutions
+  norm = lambda v: json.dumps(v, sort_keys=True, default=str)   # tuples and lists alike
+  sampling = lambda k: k != "model.preset" and any(
+      k == p or (p.endswith(".") and k.startswith(p)) for p in NOT_TRAINING)
+  # What an arm writes towards its model (the arm layer at this tier): arms that write the
+  # same share a model by design (they differ in sampling, e.g. guidance scales).
+  written = lambda r: {k: norm(v) for k, (v, _) in _layer(r.values, tier, True).items()
+                       if not sampling(k)}
+  labels = {*(str(a["label"]) for a in spec["arms"]), *(label for _, label in entry)}
+  declared = _declared(path, spec, tier, labels)
+  same: dict[tuple, list[RunSpec]] = {}
+  for r in runs:
+    same.setdefault((r.seed, norm(effective_model(r.config))), []).append(r)
+  problems, shared = [], []
+  for group in same.values():
+    arms = {(r.group, r.arm): r for r in group}
+    if len({norm(written(r)) for r in arms.values()}) < 2:
+      continue
+    if any(all({entry[a], a[1]} & d for a in arms) for d in declared):
+      if [a[1] for a in arms] not in shared:
+        shared.append([a[1] for a in arms])
+      continue
+    if any(p[0] == set(arms) for p in problems):
+      continue   # the same arms at another seed
+    problems.append((set(arms), list(arms.values())))
+  if not problems:
+    return shared
+  _, rs = problems[0]
+  w = [written(r) for r in rs]
+  keys = sorted(k for k in set().union(*w) if len({x.get(k) for x in w}) > 1)
+  flat = [flatten(to_dict(r.config)) for r in rs]
+  def src(k):   # where the equal value comes from
+    return ("from the command line" if k in overrides else "from " + (
+        f"tier {tier}'s presets" if k == "model.preset" and tier_spec.get("presets") else
+        f"tier {tier}'s set in {tier_spec['from'][k]}" if k in tier_spec["from"] else
+        "the base" if k in _flatten(spec.get("base") or {}) else "the default") +
+        " where the arm does not set it")
+  reasons = []
+  if {"model.dropout", "model.dropout_max_res"} & set(keys):   # dropout as the network has it
+    ms = [r.config.model for r in rs]
+    if not any(m.dropout for m in ms):
+      reasons.append(f"model.dropout=0.0 in each ({src('model.dropout')}), so "
+                     "model.dropout_max_res is inert")
+    else:
+      c = rs[0].config
+      got = effective_model(c)["model.dropout"]
+      reach = f"only the levels {', '.join(map(str, got[1]))} px" if got else "no level"
+      show = lambda xs: "/".join(map(str, sorted(set(xs))))
+      reasons.append(
+          f"model.dropout {show(m.dropout for m in ms)} with model.dropout_max_res "
+          f"{show(m.dropout_max_res for m in ms)} reach {reach} of the {c.resolution}-px model "
+          f"(levels {', '.join(map(str, level_resolutions(c.model, c.resolution)))} px)")
+  for k in keys:
+    if k in ("model.dropout", "model.dropout_max_res"):
+      continue
+    vals = [f.get(k) for f in flat]
+    if len({norm(v) for v in vals}) == 1:
+      reasons.append(f"{k}={vals[0]!r} in each ({src(k)})")
+    else:
+      reasons.append(f"{k} is inert in these configs")
+  key_ids = list(dict.fromkeys(r.train_key for r in rs))
+  what = (f"model key {key_ids[0]}" if len(key_ids) == 1 else
+          f"model keys {', '.join(key_ids)}, one network")
+  clash = len({r.arm for r in rs}) < len(rs)   # one label in several groups: name the group
+  names = ", ".join(repr(r.arm) + (f" (group {r.group})" if clash else "") for r in rs)
+  more = f" ({len(problems) - 1} more such sets of arms)" if len(problems) > 1 else ""
+  raise ConfigError(
+      f"{path}: at tier {tier} the arms {names} are one model ({what}), though they set "
+      f"{', '.join(keys)} apart: {'; '.join(reasons)}{more}; make them differ at this tier "
+      f"(tiers: {tier}: set: in the file), or if they are one model on purpose declare it: "
+      f"shared_models: !tier {{{tier}: [[{', '.join(r.arm for r in rs)}]]}} with a comment why")
