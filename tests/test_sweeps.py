@@ -27,7 +27,7 @@ def _by(runs, group, arm):
 @pytest.mark.parametrize("tier", TIERS)
 def test_every_sweep_file_expands_and_validates_at_every_tier(tier):
   from core.models import build_model
-  assert len(FILES) == 10
+  assert len(FILES) == 11
   for f in FILES:
     meta, runs = expand(f, tier)
     assert runs and meta["table"]
@@ -49,6 +49,22 @@ def test_noise_shift_paper_tier_is_the_papers_table_2():
   assert (c.data.source, c.data.num_classes, c.eval.num_samples) == ("tfds", 1000, 50000)
   c = _by(runs, "256", "shift 128")
   assert (c.resolution, c.model.preset, c.schedule.noise_d, c.optim.b2, c.train.steps) == (256, "unet256", 128, 0.99, 2000000)
+
+
+def test_noise_shift_long_cpu_tier_is_the_long_study():
+  """Table 2 along training: 64 px on 16-px content under Min-SNR-5 with x prediction, the
+  content-matched shift (noise_d 16) and the 16-px twin, two contents, learning curves."""
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift_long.yaml"), "cpu")
+  c = _by(runs, "simple", "shift 64")
+  assert (c.resolution, c.schedule.name, c.schedule.noise_d, c.data.content_resolution) == \
+      (64, "shifted", 16, 16)
+  assert (c.loss.name, c.loss.weight_cap, c.model.prediction, c.model.frontend) == \
+      ("eps_mse", 5.0, "x", "patch:4")
+  assert (c.train.steps, c.eval.every, c.eval.oracle_num) == (12000, 500, 2048)
+  twin = _by(runs, "shapes", "16-px twin (cosine)")
+  assert (twin.resolution, twin.schedule.name, twin.data.source) == (16, "cosine", "shapes")
+  assert _by(runs, "simple x-MSE", "cosine x-MSE").loss.name == "x_mse"
+  assert {r.seed for r in runs} == {0, 1, 2}
 
 
 def test_other_sweeps_paper_tier_settings():
