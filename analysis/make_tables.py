@@ -508,7 +508,21 @@ def main(argv: Optional[list[str]] = None) -> int:
                  help="add the paper's numbers at any tier (default: only at tier paper)")
   g.add_argument("--no-paper", dest="with_paper", action="store_false")
   ap.add_argument("--quiet", action="store_true", help="do not print the tables")
+  ap.add_argument("--scorecard", action="store_true",
+                  help="write RESULTS/SCORECARD.md instead: one row per paper table from the "
+                  "committed cpu-tier studies <sweep>_cpu/ (analysis.scorecard)")
   args = ap.parse_args(argv)
+  if args.scorecard:
+    if not os.path.isdir(args.results):
+      print(f"error: results folder {args.results!r} does not exist; pass the folder that "
+            "holds the committed studies (results/reference)", file=sys.stderr)
+      return 2
+    from analysis.scorecard import write_scorecard
+    path, md = write_scorecard(args.results)
+    if not args.quiet:
+      print(md)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
   sweeps, skipped, err = readable_results(args.results)
   if err:
     print(f"error: {err}", file=sys.stderr)

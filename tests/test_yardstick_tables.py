@@ -92,3 +92,24 @@ def test_curve_figure_draws_each_arm_with_its_band(tmp_path):
   assert list(x) == [250, 500, 750]
   assert y[-1] == pytest.approx(100 * np.mean([_acc("64", "cosine", k) for k in range(3)]))
   assert ax.collections, "no seed band"
+
+
+def test_scorecard_rows_come_from_the_committed_studies(tmp_path):
+  """Table 2's row reads the paired difference of the study folder <sweep>_cpu; the others say
+  "no study yet"; the file is rebuilt byte for byte; the verdict follows the interval."""
+  from analysis import scorecard
+  root, sdir = _write(tmp_path)       # results/noise_shift_cpu: groups 64 and 256
+  path, md = scorecard.write_scorecard(str(root))
+  rows = {r["table"]: r for r in scorecard.scorecard_rows(str(root))}
+  # 256: shift 64 - cosine, every seed +10 FID eval (no @content in these runs)
+  assert rows["2"]["toolkit"] == "shift 64 − cosine: +10.0 ± 0.0 FID eval"
+  assert rows["2"]["verdict"] == "disagree" and rows["2"]["seeds"] == "3"
+  assert rows["2"]["study"] == "noise_shift_cpu"
+  assert all(rows[t]["verdict"] == "no study yet" for t in ("3", "4", "5", "6", "7", "9", "CDM"))
+  first = open(path, "rb").read()
+  scorecard.write_scorecard(str(root))
+  assert open(path, "rb").read() == first
+  assert scorecard.verdict(-3.0, 2.0, 3) == "agree"
+  assert scorecard.verdict(3.0, 2.0, 3) == "disagree"
+  assert scorecard.verdict(1.0, 2.0, 3) == "undecided"
+  assert scorecard.verdict(-3.0, float("nan"), 1).startswith("undecided")
