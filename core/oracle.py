@@ -294,21 +294,29 @@ def oracle_path(source: str, resolution: int, recipe: Recipe = Recipe()) -> str:
 
 
 _LOADED: dict = {}
+# Oracles shipped with the package (core/oracles/<cache key>.npz), made by `python -m
+# core.oracle SOURCE RES` and copied: a fresh machine reads them instead of spending minutes
+# training one (the main job's budget). Their key holds the recipe and the renderer's hash, so
+# a change to either falls back to training.
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracles")
 
 
 def load_oracle(source: str, resolution: int, recipe: Recipe = Recipe(),
                 progress: bool = True, log=print) -> Oracle:
-  """The oracle of (source, resolution) from the cache folder, trained there the first time
-  (a torn or foreign file is trained again). Kept in memory for the process."""
+  """The oracle of (source, resolution): from the cache folder, else the one shipped in
+  core/oracles/, else trained into the cache (a torn or foreign file is trained again). Kept
+  in memory for the process."""
   path = oracle_path(source, resolution, recipe)
   if path in _LOADED:
     return _LOADED[path]
   oracle = None
-  if os.path.isfile(path):
-    try:
-      oracle = _load(path)
-    except (OSError, ValueError, KeyError, EOFError):
-      oracle = None
+  shipped = os.path.join(SHIPPED, os.path.basename(path))
+  for p in (path, shipped):
+    if oracle is None and os.path.isfile(p):
+      try:
+        oracle = _load(p)
+      except (OSError, ValueError, KeyError, EOFError):
+        oracle = None
   if oracle is None:
     oracle = train_oracle(source, resolution, recipe, progress, log)
     _save(path, oracle)
@@ -453,15 +461,18 @@ def main(argv: Optional[list] = None) -> int:
   ap.add_argument("source", choices=SOURCES)
   ap.add_argument("resolution", type=int)
   ap.add_argument("--recipe", default="default", choices=RECIPES.names())
-  ap.add_argument("--retrain", action="store_true", help="train again even if cached")
+  ap.add_argument("--retrain", action="store_true",
+                  help="train it again here (the cache's and the shipped copy are not read)")
   args = ap.parse_args(argv)
   from core.devices import setup
   setup()
   recipe = get_recipe(args.recipe)
   path = oracle_path(args.source, args.resolution, recipe)
-  if args.retrain and os.path.exists(path):
-    os.remove(path)
-  o = load_oracle(args.source, args.resolution, recipe)
+  if args.retrain:
+    o = train_oracle(args.source, args.resolution, recipe)
+    _save(path, o)
+  else:
+    o = load_oracle(args.source, args.resolution, recipe)
   r = o.report
   print(f"{path}")
   print(f"oracle {o.source} at {o.resolution} px: held-out accuracy {r['accuracy']:.4f} "
