@@ -313,6 +313,14 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
     notes.append(f"bits/dim eval: the variational bound on -log p(x) (VDM) over held-out "
                  f"images of the eval split, in bits per dimension ({bound_text(sweep)}); "
                  "lower is better; the same for every arm whatever its training schedule.")
+    if (summ["bpd_eval"] > 8).any():
+      notes.append("bits/dim above 8: worse than a uniform distribution over the 256 values of "
+                   "each dimension. Such a bound is dominated by the denoiser's error at low "
+                   "noise (the e^logSNR-weighted end of the bound, which an x-prediction model "
+                   "trained with the x-MSE barely learns), not by what FID sees; it ranks those "
+                   "models' low-noise fit, not their samples. A model that learns that end reads "
+                   "far lower: v prediction with eps-MSE, 16 px, 750 steps of the cpu tier, "
+                   "3.63 ± 0.03 bits/dim (results/reference/cpu_tier_study.md).")
   if summ["fid_content"].map(finite).any():
     res = sorted({f"{x:.0f}" for x in sweep.runs.get("content_resolution", pd.Series(
         dtype=float)) if finite(x)})
