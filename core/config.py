@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Optional
+from typing import Any
 
 
 class ConfigError(ValueError):

@@ -29,7 +29,9 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
+from core import bound
 from core import oracle as oracle_lib
+from core.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
 from core.fid import floor_metrics, inception_score, sample_metrics
@@ -294,7 +296,6 @@ def bound_program(model: TrainedModel, cfg: ExperimentConfig, batch: int):
   fold_in(key of its split, i), so its terms do not depend on the batching."""
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from core import bound
   from core.devices import make_mesh
   from core.diffusion import get_prediction
   e = cfg.eval
@@ -350,7 +351,6 @@ def bound_figures(ev: Evaluation) -> dict:
   on the train split: the mean over images and its standard error, with the terms and the
   evaluation schedule it was computed under. A cascade, or a model conditioned on more than
   its class, has no single model's bound: null."""
-  from core import bound
   cfg, e = ev.cfg, ev.cfg.eval
   if not e.bound:
     return dict(_NO_BOUND)
@@ -406,7 +406,6 @@ EVAL_SECTIONS = ("eval", "sampler", "ema")
 def model_dirs(run_dir: str, cfg: ExperimentConfig) -> list[str]:
   """Where each stage's checkpoints are: core.experiment.model_dir for sweep runs (base stage
   first for a cascade), or run_dir itself for a run trained by `python -m core.train`."""
-  from core.cdm import stage_configs
   from core.experiment import model_dir
   sweep = os.path.dirname(os.path.abspath(run_dir))
   dirs = [model_dir(sweep, c) for c in stage_configs(cfg)]
@@ -468,7 +467,6 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
   with its grid samples.png (what the sweep writes, which the tables read). overrides:
   eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.phema).
   """
-  from core.cdm import stage_configs
   overrides = dict(overrides or {})
   cfg = eval_config(run_dir, overrides)
   dirs = model_dirs(run_dir, cfg)

@@ -9,6 +9,7 @@ neither of which imports the other for it. A run is owned by one process while i
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -91,7 +92,6 @@ def is_done(sdir: str, r: RunSpec) -> bool:
 
 def _owned(rd: str, distributed: bool):
   """The run folder's lock (runio.DirLock); a pod-slice run is owned by its launch instead."""
-  import contextlib
   return contextlib.nullcontext() if distributed else DirLock(rd)
 
 
@@ -111,26 +111,22 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True,
     if is_done(sdir, r) and not reevaluate:
       print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
       continue
-    try:
-      lock = _owned(rd, r.config.train.distributed)
-      lock.__enter__()
-    except LockHeld as e:
-      print(f"[{i + 1}/{len(runs)}] {r.run_id}: in use by pid {e.holder.get('pid')} on "
-            f"{e.holder.get('host')}, skipped", flush=True)
-      busy.append(r.run_id)
-      continue
-    except OSError:
-      lock = None   # the folder cannot be made (a file, read-only): run_one reports it
-    try:
+    with contextlib.ExitStack() as owned:   # the lock, when taken, is released on any exit
+      try:
+        owned.enter_context(_owned(rd, r.config.train.distributed))
+      except LockHeld as e:
+        print(f"[{i + 1}/{len(runs)}] {r.run_id}: in use by pid {e.holder.get('pid')} on "
+              f"{e.holder.get('host')}, skipped", flush=True)
+        busy.append(r.run_id)
+        continue
+      except OSError:
+        pass   # the folder cannot be made (a file, read-only): run_one reports it
       if is_done(sdir, r) and not reevaluate:   # finished by the other process meanwhile
         print(f"[{i + 1}/{len(runs)}] {r.run_id}: done, skipped")
         continue
       print(f"[{i + 1}/{len(runs)}] {r.run_id} (arm {r.arm!r}, {r.config.resolution}px)",
             flush=True)
       failed += _run_recorded(r, sdir, rd, progress)
-    finally:
-      if lock is not None:
-        lock.__exit__(None, None, None)
   if busy:
     print(f"{len(busy)} runs were in use by another process and skipped ({', '.join(busy)}); "
           "rerun this command when it has finished to complete the sweep", file=sys.stderr)

@@ -91,8 +91,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       if not runs:
         raise ConfigError(f"--only {args.only} matches no run id or arm label")
     if args.tpu_commands:
-      print("\n".join(tpu_commands(args.file, meta, runs, args.overrides[:0] + [
-          o for o in args.overrides if not o.startswith(("tier=",))])))
+      rest = [o for o in args.overrides if not o.startswith("tier=")]   # tpu_commands sets it
+      print("\n".join(tpu_commands(args.file, meta, runs, rest)))
       return 0
     if args.launcher:
       from sweeps.launch import check_launcher
