@@ -1,6 +1,6 @@
 """Inception (the FID network) images/s on this machine, side by side in one process.
 
-    python scripts/benchmark_inception.py [--per-device 1,4,16,32] [--reps 3]
+    python -m scripts.benchmark_inception [--per-device 1,4,16,32] [--reps 3]
 
 For each batch per device and each compile variant (XLA's default, and without YNNPACK's
 fusions: core.features.CPU_COMPILER_OPTIONS), alternating so that a load that comes and goes
@@ -12,12 +12,9 @@ The FID weights where they are installed (core.inception_weights), else random o
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Training throughput of our U-ViT against the PyTorch one of denoising-diffusion-pytorch.
 
-    python scripts/benchmark_peer.py [--peer-python /path/to/venv/bin/python] [--resolution 64]
+    python -m scripts.benchmark_peer [--peer-python /path/to/venv/bin/python] [--resolution 64]
         [--width 32] [--mults 1,2,4] [--depth 4] [--heads 4] [--batch 8] [--steps 5] [--warmup 2]
 
 The peer is denoising_diffusion_pytorch.simple_diffusion (UViT + GaussianDiffusion), a
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT_TAG = "PEER_RESULT "
 
 DIFFERENCES = (
@@ -128,9 +129,9 @@ def _peer_version() -> str:
 
 
 def peer_subprocess(m: Match, python: str) -> dict:
-  cmd = [python, os.path.abspath(__file__), "--worker-peer",
+  cmd = [python, "-m", "scripts.benchmark_peer", "--worker-peer",
          json.dumps(dataclasses.asdict(m))]
-  p = subprocess.run(cmd, capture_output=True, text=True)
+  p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
   lines = [l for l in p.stdout.splitlines() if l.startswith(RESULT_TAG)]
   if p.returncode or not lines:
     tail = (p.stderr or p.stdout).strip().splitlines()[-8:]
@@ -227,5 +228,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   sys.exit(main())

@@ -1,6 +1,6 @@
 """Training images/s with the procedural set rendered on the fly against read from its render.
 
-    python scripts/benchmark_render_cache.py [--steps 400] [--pairs 2]
+    python -m scripts.benchmark_render_cache [--steps 400] [--pairs 2]
 
 Each measurement is a child process running core.train (the engine's own loop, data pipeline
 and logging) on the cpu tier's two model settings of noise_shift.yaml, with
@@ -18,7 +18,6 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 SETTINGS = {   # the cpu tier's 16-px and 32-px models (ablations/noise_shift.yaml)
     "16 px unet_tiny": {"resolution": 16, "model": {"preset": "unet_tiny", "dropout": 0.0}},
@@ -47,8 +46,8 @@ def child(setting: str, steps: int) -> None:
 
 def measure(setting: str, steps: int, cached: bool) -> float:
   env = {**os.environ, "SIMPLEDIFF_SHAPES_CACHE": "1" if cached else "0"}
-  out = subprocess.run([sys.executable, __file__, "--child", setting, "--steps", str(steps)],
-                       env=env, capture_output=True, text=True, cwd=ROOT)
+  out = subprocess.run([sys.executable, "-m", "scripts.benchmark_render_cache", "--child", setting,
+                        "--steps", str(steps)], env=env, capture_output=True, text=True, cwd=ROOT)
   if out.returncode:
     raise SystemExit(out.stderr[-2000:])
   return json.loads(out.stdout.strip().splitlines()[-1])["img_per_s"]

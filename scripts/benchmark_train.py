@@ -1,6 +1,6 @@
 """Images per second of a training step, measured side by side in one process.
 
-    python scripts/benchmark_train.py [--steps 10] [--paper unet128] [--skip-paper | --skip-small]
+    python -m scripts.benchmark_train [--steps 10] [--paper unet128] [--skip-paper | --skip-small]
 
 Small presets run the full step of core.train (loss, gradient, Adam, EMA). A paper preset at
 batch 1 runs the loss and gradient only: its Adam moments and EMA (4 more copies of 1-2B

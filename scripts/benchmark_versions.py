@@ -1,6 +1,6 @@
 """The toolkit's programs at two or more commits, measured side by side in alternating children.
 
-    python scripts/benchmark_versions.py REV_A REV_B [...] [--repeats 2] [--quick]
+    python -m scripts.benchmark_versions REV_A REV_B [...] [--repeats 2] [--quick]
 
 Each commit is checked out in a temporary git worktree, and scripts/benchmark_xla_flags.py's
 child (the tier's training steps, unet_small and uvit_small at 32x32 batch 16, the tier's
@@ -19,7 +19,6 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def main(argv=None) -> int:
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
   ap.add_argument("--repeats", type=int, default=2)
   ap.add_argument("--quick", action="store_true", help="the tier models only, fewer reps")
   a = ap.parse_args(argv)
-  from benchmark_xla_flags import print_table, run_child
+  from scripts.benchmark_xla_flags import print_table, run_child
   tmp = tempfile.mkdtemp(prefix="simplediff_versions_")
   trees = {}
   try:
@@ -43,8 +42,7 @@ def main(argv=None) -> int:
     env = dict(os.environ, SIMPLEDIFF_COMPILE_CACHE="0")
     for rep in range(a.repeats):
       for label, path in trees.items():
-        res = run_child(os.path.join(path, "scripts", "benchmark_xla_flags.py"), a.quick, env,
-                        f"commit {label}", cwd=path)
+        res = run_child(path, a.quick, env, f"commit {label}")
         if res is None:
           return 1
         out[label].append(res)

@@ -1,6 +1,6 @@
 """XLA CPU flags against the toolkit's own programs, measured in alternating child processes.
 
-    python scripts/benchmark_xla_flags.py [--flag= --flag=--xla_cpu_experimental_ynn_fusion_type=]
+    python -m scripts.benchmark_xla_flags [--flag= --flag=--xla_cpu_experimental_ynn_fusion_type=]
         [--repeats 2] [--quick]
 
 XLA reads its flags once per process, so each flag set runs in a child of its own; the sets
@@ -23,7 +23,6 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def _tier_cfgs():
@@ -45,7 +44,7 @@ def child(quick: bool) -> dict:
   from core.config import replace
   from core.experiment import resolve
   from core.train import Trainer
-  from gpu_check import inception_row, sampling_row, train_row
+  from scripts.gpu_check import inception_row, sampling_row, train_row
   reps = 3 if quick else 10
   peak = matmul_peak(2048, "float32")["flops_per_s"]
   tier = _tier_cfgs()
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
   a = ap.parse_args(argv)
   a.flags = a.flags or ["", "--xla_cpu_experimental_ynn_fusion_type="]
   if a.child:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     print("RESULT " + json.dumps(child(a.quick)), flush=True)
     return 0
   # The user's XLA_FLAGS stay, less any flag a set names (each set gives its own value).
@@ -93,7 +91,7 @@ def main(argv=None) -> int:
     for fs in a.flags:
       env = dict(os.environ, XLA_FLAGS=f"{base} {fs}".strip(), SIMPLEDIFF_COMPILE_CACHE="0",
                  SIMPLEDIFF_XLA_CPU_DEFAULTS="0")
-      res = run_child(os.path.abspath(__file__), a.quick, env, f"flags [{fs}]")
+      res = run_child(ROOT, a.quick, env, f"flags [{fs}]")
       if res is None:
         return 1
       out[fs].append(res)
@@ -102,10 +100,12 @@ def main(argv=None) -> int:
   return 0
 
 
-def run_child(script: str, quick: bool, env: dict, label: str, cwd=None):
-  """One child of `script` (a benchmark_xla_flags.py); its figures, or None, saying why."""
-  cmd = [sys.executable, script, "--child"] + (["--quick"] if quick else [])
-  p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+def run_child(tree: str, quick: bool, env: dict, label: str):
+  """One child of the benchmark_xla_flags of the checkout at `tree`, run as a module from
+  there so that it imports that checkout's packages; its figures, or None, saying why."""
+  cmd = [sys.executable, "-m", "scripts.benchmark_xla_flags", "--child"] + \
+      (["--quick"] if quick else [])
+  p = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
   line = next((l for l in p.stdout.splitlines() if l.startswith("RESULT ")), None)
   if line is None:
     sys.stderr.write(p.stderr[-3000:])

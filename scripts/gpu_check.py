@@ -7,8 +7,8 @@ measured peak. One run prints, each beside the peak measured by the same run's m
   - DDPM sampling of that U-ViT: images/s at --sample-steps, and its utilisation;
   - Inception (the FID network, random weights: speed only): images/s and utilisation.
 
-    python scripts/gpu_check.py [--out results/reference/gpu_check.json]   # a GPU or TPU
-    python scripts/gpu_check.py --tiny                                     # here, on the CPU
+    python -m scripts.gpu_check [--out results/reference/gpu_check.json]   # a GPU or TPU
+    python -m scripts.gpu_check --tiny                                     # here, on the CPU
 
 --tiny runs the same code at sizes a CPU finishes in a minute (tests/test_gpu_check.py runs it),
 so the script is known to work before a device is ever lent. Budget on one H100/H200: about
@@ -17,12 +17,8 @@ so the script is known to work before a device is ever lent. Budget on one H100/
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _timed(fn, reps: int) -> float:

@@ -1,7 +1,7 @@
 """Line counts and import arrows (which module imports which) of the project's packages, and
 the import cycles among them.
 
-    python scripts/import_arrows.py [core sweeps analysis]
+    python -m scripts.import_arrows [core sweeps analysis]
 
 Prints `wc -l`-style counts per package, then one line per module: `a -> b, c` (imports of
 other modules of those packages, at any depth of the file, imports inside functions marked

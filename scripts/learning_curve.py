@@ -4,8 +4,8 @@ The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.
 the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.pipeline,
 core.generate, core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
 
-  python scripts/learning_curve.py CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
-  python scripts/learning_curve.py CONFIG_JSON --steps 1500,3000   # marks in steps instead
+  python -m scripts.learning_curve CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
+  python -m scripts.learning_curve CONFIG_JSON --steps 1500,3000   # marks in steps instead
 
 CONFIG_JSON is a nested ExperimentConfig dict, e.g.
   '{"resolution": 16, "model": {"preset": "unet_tiny", "dropout": 0.0},
@@ -23,8 +23,6 @@ import json
 import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

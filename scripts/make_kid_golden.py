@@ -8,7 +8,7 @@ stubbed out):
   python3 -m venv /tmp/kidref
   /tmp/kidref/bin/pip install torch==2.13.0 numpy tqdm     # the CPU wheel; no torchvision
   /tmp/kidref/bin/pip install --no-deps torch-fidelity==0.4.0
-  /tmp/kidref/bin/python scripts/make_kid_golden.py
+  /tmp/kidref/bin/python -m scripts.make_kid_golden
 
 Inputs are random (numpy default_rng(0)) and stored with the results:
   feat_a, feat_b, feat_c   (300, 64), (280, 64), (290, 64) float32: b has another mean and

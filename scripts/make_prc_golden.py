@@ -10,7 +10,7 @@ stubbed out):
   python3 -m venv /tmp/prref
   /tmp/prref/bin/pip install torch==2.13.0 numpy tqdm     # the CPU wheel; no torchvision
   /tmp/prref/bin/pip install --no-deps torch-fidelity==0.4.0
-  /tmp/prref/bin/python scripts/make_prc_golden.py
+  /tmp/prref/bin/python -m scripts.make_prc_golden
 
 torch-fidelity's convention: features_1 is the generated set, features_2 the real one; the
 radius of a row is kthvalue(neighborhood + 1) of its distances to its own set, its own 0

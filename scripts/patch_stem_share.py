@@ -1,7 +1,7 @@
 """How far a patching front-end has learnt to average: the share of its kernels' weight energy
 on the k x k block mean, per finished run.
 
-    python scripts/patch_stem_share.py RUN_DIR [RUN_DIR ...]
+    python -m scripts.patch_stem_share RUN_DIR [RUN_DIR ...]
 
 For content upsampled k-fold (data.content_resolution), the block mean of a k x k patch carries
 the content at k^2 times the pixel SNR (the paper's section 3.1); for nearest upsampling it is
@@ -17,8 +17,6 @@ import os
 import sys
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def block_mean_share(kernel: np.ndarray) -> float:

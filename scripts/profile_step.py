@@ -1,6 +1,6 @@
 """Where a training step's or the sampler's time goes: device op time by kind, from a profile.
 
-    python scripts/profile_step.py [--preset unet_tiny] [--resolution 16] [--batch 32]
+    python -m scripts.profile_step [--preset unet_tiny] [--resolution 16] [--batch 32]
         [--frontend none] [--base-channels N] [--sample-batch 256] [--sample-steps 64]
         [--calls 10] [--skip-sample]
 
@@ -24,12 +24,10 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 # Host-side events of the profile (dispatch, Python, waits for completion), not device ops.
 _HOST = ("ThunkExecutor", "PjitFunction", "CommonPjRt", "Wait for", "$", "cpp_", "shard",

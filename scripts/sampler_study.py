@@ -1,6 +1,6 @@
 """FID and KID of one finished run under several sampler settings, side by side in one process.
 
-    python scripts/sampler_study.py RUN_DIR 'sampler.steps=64' 'sampler.steps=256' \
+    python -m scripts.sampler_study RUN_DIR 'sampler.steps=64' 'sampler.steps=256' \
         'sampler.name=ddim sampler.steps=64' [--seeds 0,1] [--out /tmp]
 
 Each quoted argument is one setting (space-separated sampler.* / eval.* overrides of the run's
@@ -16,8 +16,6 @@ import argparse
 import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None) -> int:

@@ -1,19 +1,16 @@
 """Writes a PNG grid of the procedural shapes data set and times its rendering.
 
-  python scripts/show_shapes.py --resolution 64 --n 64 --out /tmp/shapes.png
+  python -m scripts.show_shapes --resolution 64 --n 64 --out /tmp/shapes.png
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from core.shapes import KINDS, ShapesSource  # noqa: E402
+from core.shapes import KINDS, ShapesSource
 
 
 def main():

@@ -1,14 +1,9 @@
 """scripts/gpu_check.py runs here at tiny sizes, so that it works the day a GPU is lent."""
 import json
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def test_gpu_check_runs_tiny_on_cpu_and_reports_shares_of_its_peak(tmp_path, capsys):
-  import gpu_check
+  from scripts import gpu_check
   out = tmp_path / "check.json"
   assert gpu_check.main(["--tiny", "--reps", "1", "--out", str(out)]) == 0
   text = capsys.readouterr().out

@@ -263,11 +263,7 @@ def test_an_unknown_source_reads_alike_from_resolve_and_from_make_source():
 # --- import arrows -------------------------------------------------------------------------
 
 def _import_arrows():
-  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-  try:
-    import import_arrows
-  finally:
-    sys.path.pop(0)
+  from scripts import import_arrows
   return import_arrows
 
 

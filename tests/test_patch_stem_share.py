@@ -1,14 +1,7 @@
 """scripts/patch_stem_share.py's measure: share of a k x k kernel's energy on the block mean."""
-import os
-import sys
-
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-try:
-  from patch_stem_share import block_mean_share
-finally:
-  sys.path.pop(0)
+from scripts.patch_stem_share import block_mean_share
 
 
 def test_block_mean_share_bounds():

@@ -1,15 +1,10 @@
 """scripts/profile_step.py names XLA ops by kind from the compiled program's op_names; if a JAX
 upgrade changed how op_names read, its profile would silently call everything 'other'."""
-import os
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def test_every_model_kind_is_found_in_a_real_training_step():
   import collections
-  import profile_step
+  from scripts import profile_step
   from core.experiment import resolve
   cfg = resolve({"resolution": 16, "model": {"preset": "unet_tiny"}, "train": {"batch_size": 2}})
   import jax

@@ -5,9 +5,6 @@ evaluator's own numpy code (openai/guided-diffusion evaluations/evaluator.py). T
 spatial features against default_1.pt: tests/test_fid.py::test_features_match_torchscript_reference.
 """
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -16,8 +13,6 @@ from core import features as X
 from core import fid as F
 from core import reference as R
 from tests.golden import load as golden_npz
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +24,7 @@ def golden():
 def sets(golden):
   """The golden's feature sets, rebuilt from integers (RandomState streams are frozen) and
   checked against the digest the script stored."""
-  sys.path.insert(0, str(ROOT / "scripts"))
-  try:
-    from make_sfid_golden import make_sets, sets_digest
-  finally:
-    sys.path.remove(str(ROOT / "scripts"))
+  from scripts.make_sfid_golden import make_sets, sets_digest
   a, b = make_sets()
   assert sets_digest(a, b) == str(golden["sets_sha256"]), "make_sets() no longer gives the golden's sets"
   return a, b
