@@ -222,6 +222,11 @@ class EvalConfig:
   oracle_num: int = 0             # samples it reads; 0: those Inception scores (eval.num_samples);
                                   # more are drawn after those, from a stream of their own
   oracle_recipe: str = "default"  # core.oracle.RECIPES: default | quick (tests)
+  # Memorisation (core.memorisation): each sample's nearest training images at the content
+  # resolution (copy fraction, nearest-neighbour ratio to held-out images), in the record and
+  # the learning curve; for small training sets (data.size) seen for many epochs.
+  memorisation: bool = False
+  memorisation_train: int = 0     # training images compared against; 0: the split, at most 50,000
   # Learning curves: every N training steps (0: none), curve_num samples of the EMA model are
   # read by the oracle into <model dir>/curve.jsonl, with FID @content at the points whose step
   # is a multiple of curve_fid_every (0: none; Inception is ~15 images/s on 2 cores). Drawn
@@ -379,7 +384,8 @@ POSITIVE = ("resolution", "train.steps", "train.batch_size", "train.log_every",
 # Counts that may be zero but not below.
 NON_NEGATIVE = ("data.num_workers", "data.prefetch", "data.content_resolution",
                 "loss.weight_cap", "eval.bound_num", "optim.phema_every", "eval.oracle_num",
-                "eval.every", "sampler.schedule_noise_d", "eval.curve_fid_every")
+                "eval.every", "sampler.schedule_noise_d", "eval.curve_fid_every",
+                "eval.memorisation_train")
 
 
 def get_dotted(cfg, key: str) -> Any:

@@ -4,7 +4,8 @@ another rather than only where each stopped.
 With eval.every = N, every N training steps (and at the last) eval.curve_num samples of the
 EMA parameters are drawn with the evaluation's own keys (core.generate.sample_key, stream 0:
 every point and every arm of a seed read the same noise and labels) and read by the oracle
-(core.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor), with
+(core.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor; with
+eval.memorisation, core.memorisation's copy fraction and nearest-neighbour ratio), with
 FID eval @content at the points whose step is a multiple of eval.curve_fid_every (Inception:
 about 15 images/s on 2 cores). Rows go
 to <model dir>/curve.jsonl, one per step; a resumed run writes its steps again over any rows
@@ -19,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from core import oracle as oracle_lib
+from core import memorisation, oracle as oracle_lib
 from core.config import ExperimentConfig
 from core.generate import gather_rows, generate, make_sampler
 from core.runio import append_jsonl, read_jsonl, write_text_atomic
@@ -58,7 +59,7 @@ class CurveHook:
       reads.append(oracle_lib.read_images(self.oracle, imgs))
       asked.append(labels)
       rows.append(idx)
-      if with_fid:
+      if with_fid or e.memorisation:
         images.append(imgs)
     rows = np.concatenate(rows)
     r = {k: gather_rows(np.concatenate([x[k] for x in reads]), rows) for k in reads[0]}
@@ -71,6 +72,12 @@ class CurveHook:
            **{f"{k}_mean": v["mean"] for k, v in s["params"].items()}}
     if with_fid:
       row["fid_content"] = self._fid(np.concatenate(images), rows)
+    if e.memorisation:   # how near the samples are to the training images (core.memorisation)
+      from core.reference import box_downsample
+      at = self.oracle.resolution
+      m = memorisation.run_scores(cfg, gather_rows(box_downsample(np.concatenate(images), at),
+                                                   rows), at)
+      row.update(copy_fraction=m["copy_fraction"], nn_ratio=m["nn_ratio"])
     row.update(seconds=time.perf_counter() - t0, time=time.time())
     if jax.process_index() == 0:
       self._write(row)

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from core import bound
-from core import oracle as oracle_lib
+from core import memorisation, oracle as oracle_lib
 from core.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
@@ -181,6 +181,10 @@ def _draw(ev: Evaluation, ext, content: Optional[int], orc=None) -> dict:
         feats["logits"].append(o["logits"])
       if content is not None:
         feats["content"].append(ext(box_downsample(imgs, content))["pool"])
+    if cfg.eval.memorisation:   # the samples at the content resolution, for core.memorisation
+      at = content_resolution(cfg.data, cfg.resolution)
+      feats.setdefault("content_images", []).append(
+          box_downsample(imgs, at) if at < cfg.resolution else imgs)
     if orc is not None:
       for k, v in oracle_lib.read_images(orc, imgs).items():
         feats.setdefault(f"oracle_{k}", []).append(v)
@@ -286,6 +290,16 @@ def oracle_figures(ev: Evaluation) -> dict:
   return {"oracle": rec}
 
 
+def memorisation_figures(ev: Evaluation) -> dict:
+  """How near the samples come to the training images (core.memorisation), where
+  eval.memorisation asks; None otherwise."""
+  cfg = ev.cfg
+  if not cfg.eval.memorisation:
+    return {"memorisation": None}
+  samples = drawn(ev)["content_images"]
+  return {"memorisation": memorisation.run_scores(cfg, samples, samples.shape[1])}
+
+
 _NO_BOUND = {"bpd_eval": None, "bpd_eval_se": None, "bpd_train": None, "bpd_train_se": None}
 _SPLIT_STREAM = {"eval": 0, "train": 1}   # the bound's randomness, one stream per split
 
@@ -381,7 +395,7 @@ def bound_figures(ev: Evaluation) -> dict:
 
 # Each returns some of the record's keys; together they are the record (eval.json).
 RECORD: tuple[Callable[[Evaluation], dict], ...] = (model_figures, sample_figures, oracle_figures,
-                                                    bound_figures)
+                                                    memorisation_figures, bound_figures)
 
 
 def evaluate(ev: Evaluation) -> dict:

@@ -124,7 +124,8 @@ def test_a_sweep_records_the_oracle_and_its_curve_ends_on_the_evaluation(
   results = tmp_path / "results"
   rc = main(["ablations/noise_shift.yaml", "tier=smoke", "--results", str(results), "--only",
              "64-cosine-s0", "--no-progress", "data.source=shapes_simple", "eval.oracle=true",
-             "eval.every=2", "eval.curve_num=8", "train.steps=4", "eval.curve_fid_every=4"])
+             "eval.every=2", "eval.curve_num=8", "train.steps=4", "eval.curve_fid_every=4",
+             "eval.memorisation=true"])
   assert rc == 0
   run = results / "noise_shift_smoke" / "64-cosine-s0"
   ev = json.loads((run / "eval.json").read_text())
@@ -138,5 +139,9 @@ def test_a_sweep_records_the_oracle_and_its_curve_ends_on_the_evaluation(
   # FID @content at the multiples of curve_fid_every: the evaluation's own at the last step
   assert "fid_content" not in rows[0]
   assert abs(rows[-1]["fid_content"] - ev["content"]["fid_eval"]) < 1e-6
+  # memorisation against the 512 training images of the smoke tier, in the record and the curve
+  m = ev["memorisation"]
+  assert m["num"] == 8 and m["train_images"] == 512 and 0 <= m["copy_fraction"] <= 1
+  assert rows[-1]["nn_ratio"] == m["nn_ratio"]
   z = np.load(run / "oracle.npz")
   assert len(z["label"]) == 8 and len(z["asked"]) == 8 and z["real_targets"].shape == (8, 9)
