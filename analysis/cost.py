@@ -26,7 +26,7 @@ Per arm (arms that share a trained model, i.e. a train_key, are one row):
 
 Writes results/cost/<sweep>_<tier>.json and .csv (analysis.cost_report; analysis.make_tables
 takes its speed column from there when present). --table1 recomputes the paper's table 1
-(analysis.table1, SPEC section 3). XLA's figures themselves are analysis.xla_cost's.
+(analysis.table1; docs/paper.md table 1). XLA's figures themselves are analysis.xla_cost's.
 """
 from __future__ import annotations
 

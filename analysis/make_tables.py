@@ -53,7 +53,7 @@ CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
          ("KID eval @content ×10³", "kid_content", KID_SCALE),
          ("class acc %", "class_acc", 100.0), ("oracle FD", "oracle_fd", 1.0))
 SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
-# after those, only where some run's data were made at a lower content resolution (issue 26)
+# after those, only where some run's data were made at a lower content resolution
 CONTENT_COLUMNS = ("FID eval @content", "KID eval @content ×10³")
 # after those, only where some run reports the oracle (core.oracle: procedural data)
 ORACLE_COLUMNS = ("class acc %", "oracle FD")
@@ -365,7 +365,7 @@ def _notes(sweep: Sweep, summ: pd.DataFrame, paper: bool, cost: Optional[dict] =
   if paper:
     if sweep.table in paper_numbers.TABLES:
       notes.append(f"paper: Hoogeboom, Heek, Salimans (2023), table {sweep.table}, as "
-                   "transcribed in SPEC section 3; blank where the paper has no such number.")
+                   "transcribed in docs/paper.md §3; blank where the paper has no such number.")
     else:
       notes.append(f"paper: the paper has no table {sweep.table!r}; paper columns are blank.")
   return notes

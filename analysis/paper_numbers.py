@@ -1,9 +1,9 @@
-"""The paper's published numbers (SPEC section 3) as data, keyed like the sweep files.
+"""The paper's published numbers (docs/paper.md §3) as data, keyed like the sweep files.
 
 TABLES[table][group][arm] -> {"fid_train", "fid_eval", and where the paper gives them
 "is_mean", "is_std", "speed" (relative training speed in percent)}. Table ids, groups and arm
 labels are the ones ablations/*.yaml use, so that `lookup(sweep.json's table, run group, run
-arm)` finds the row. Values are as transcribed in SPEC; [?] marks what SPEC flags.
+arm)` finds the row. Values are as docs/paper.md §3 transcribes them; [?] marks what it flags.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ TABLES: dict[str, dict[str, dict[str, dict]]] = {
     },
 }
 
-# Table 1: memory at batch 1024, as SPEC transcribes it (kernel MB, feature map GB, TFLOPs).
+# Table 1: memory at batch 1024, as docs/paper.md has it (kernel MB, feature map GB, TFLOPs).
 TABLE1 = [
     {"layer": "(B, 256, 256, 128) conv", "resolution": 256, "channels": 128,
      "kernel_mb": 2.8, "feature_map_gb": 16.0, "tflops": 9.0},

@@ -30,7 +30,7 @@ EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", 
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
              "eval_time_s", "steps", "guidance_scale", "sfid_eval", "resolution", "bpd_eval",
              "bpd_eval_se", "bpd_train", "bpd_train_se")
-# eval.json "content": the samples box-downsampled to the data's content resolution (issue 26)
+# eval.json "content": the samples box-downsampled to the data's content resolution
 CONTENT_KEYS = {"fid_content": "fid_eval", "kid_content": "kid_eval"}
 # eval.json "oracle" (core.oracle, procedural data): class accuracy of the samples and the
 # Fréchet distance in the oracle's features, read at the content resolution

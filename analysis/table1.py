@@ -1,5 +1,5 @@
 """The paper's table 1 recomputed: the cost of one 3x3 convolution layer at two resolutions
-(SPEC section 3), compile-only, XLA's FLOPs and memory beside the analytic counts.
+(docs/paper.md table 1), compile-only, XLA's FLOPs and memory beside the analytic counts.
 
     python -m analysis.cost --table1
 """
@@ -36,7 +36,7 @@ def conv_layer_cost(batch: int, res: int, channels: int, k: int = 3,
 
 
 def table1(batch: Optional[int] = None) -> list[dict]:
-  """SPEC table 1's two layers, recomputed (compile-only)."""
+  """The two layers of the paper's table 1 (docs/paper.md), recomputed (compile-only)."""
   from analysis.paper_numbers import TABLE1, TABLE1_BATCH
   return [{**p, **conv_layer_cost(batch or TABLE1_BATCH, p["resolution"], p["channels"])}
           for p in TABLE1]
@@ -66,7 +66,7 @@ def format_table1(rows: list[dict]) -> str:
          "TFLOPs are multiply-adds in units of 2^40 (9.0 Ti, 2.25 Ti), i.e. half the FLOPs.",
          f"- kernel: {r0['k']}x{r0['k']}x{r0['channels']}x{r0['channels']} = "
          f"{r0['kernel_bytes'] // 2:,} weights = {fmt_bytes(r0['kernel_bytes'])} in bfloat16. "
-         f"SPEC's {r0['kernel_mb']:g} MB (and {rows[1]['kernel_mb']:g} MB) is 10x that (the "
+         f"Table 1's {r0['kernel_mb']:g} MB (and {rows[1]['kernel_mb']:g} MB) is 10x that (the "
          f"ratio between the rows, {ratio:.0f}x, is right); it would take {bpw:.0f} bytes a "
          "weight. A decimal slip in the paper or its transcription: 0.28 MiB and 18 MiB.",
          "- XLA args / output: XLA's memory analysis of the compiled layer (input + kernel / "

@@ -1,4 +1,4 @@
-"""Cascaded Diffusion Models, the multi-stage baseline (SPEC section 4; Ho et al. 2022).
+"""Cascaded Diffusion Models, the multi-stage baseline (docs/paper.md §4; Ho et al. 2022).
 
 Pure functions for the super-resolution input: area downsampling of the batch, upsampling back,
 Gaussian blur and noise augmentation through the forward process at a level s; the augmentation
@@ -27,7 +27,7 @@ def downsample(x, low_resolution: int):
 
 
 def upsample(x, resolution: int, method: str = "bicubic"):
-  """Back to resolution, to be concatenated on channels (SPEC section 4)."""
+  """Back to resolution, to be concatenated on channels (docs/paper.md §4.1)."""
   n, _, _, c = x.shape
   return jax.image.resize(x, (n, resolution, resolution, c), method=method)
 

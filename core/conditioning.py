@@ -32,7 +32,7 @@ def _none(cfg: ExperimentConfig) -> Task:
 
 @TASKS.register("super_res")
 def _super_res(cfg: ExperimentConfig) -> Task:
-  """CDM super-resolution (SPEC section 4): the low-res image, augmented, upsampled and
+  """CDM super-resolution (docs/paper.md §4.2): the low-res image, augmented, upsampled and
   concatenated on channels; its augmentation level s embedded as a logSNR."""
   cfg = cdm.own_stage(cfg)   # a cascade run's own stage, with its cascade.augment
   c, sp = cfg.cond, cfg.sampler

@@ -1,6 +1,6 @@
 """Typed, frozen configuration at the core's boundary.
 
-Values marked [?] in ../shared/paper/SPEC.md are plain fields here, so that a sweep can
+Values marked [?] in docs/paper.md (its section 5) are plain fields here, so that a sweep can
 change them; the comment beside each says which reading is the default.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
-  name: str = "cosine"            # cosine | shifted | interpolated (SPEC section 1)
+  name: str = "cosine"            # cosine | shifted | interpolated (docs/paper.md §1.2)
   logsnr_min: float = -15.0
   logsnr_max: float = 15.0
   noise_d: int = 64               # shifted: reference resolution of eq. 5
@@ -75,7 +75,7 @@ class SamplerConfig:
   guidance_scale: float = 1.0     # paper's scale = 1 + eta; 1.0 is no guidance
   guidance_t_min: float = 0.0     # SiD2: guidance only for t in [guidance_t_min, guidance_t_max]
   guidance_t_max: float = 1.0
-  # CDM super-resolution stages (SPEC section 4). Sampling-time only, so that an s-sweep shares
+  # CDM super-resolution stages (docs/paper.md §4). Sampling-time only, so that an s-sweep shares
   # one trained model (sweeps.spec.train_key ignores the sampler section).
   # Sampling under another noise schedule than training's (EDM and Chen 2023 set the two apart;
   # the network is conditioned on logSNR, so the sampler may visit other levels' spacing):
@@ -90,22 +90,22 @@ class SamplerConfig:
 @dataclasses.dataclass(frozen=True)
 class CondConfig:
   """Conditioning task of the model (core.conditioning.TASKS) and CDM's training-time
-  conditioning augmentation (SPEC section 4). s is a time in [0, 1] of the run's noise schedule
-  at low_resolution, i.e. of the lower stage's forward process."""
+  conditioning augmentation (docs/paper.md §4.2). s is a time in [0, 1] of the run's noise
+  schedule at low_resolution, i.e. of the lower stage's forward process."""
   task: str = "none"              # none | super_res
   low_resolution: int = 0         # super_res: side of the low-res input (area-downsampled batch)
   upsample: str = "bicubic"       # [?] low-res -> resolution (jax.image.resize); SR3/CDM: bicubic
   noise_s_min: float = 0.0        # non-truncated noise augmentation: s ~ U(min, max) per example,
-  noise_s_max: float = 0.5        # [?] not in SPEC; max 0 turns the noise augmentation off
-  blur_prob: float = 0.5          # Gaussian blur on this fraction of training examples (SPEC 4)
-  blur_sigma_min: float = 0.4     # [?] not in SPEC; CDM's reading: sigma ~ U(0.4, 0.6),
-  blur_sigma_max: float = 0.6     #     a 3 x 3 kernel, on the low-resolution image
+  noise_s_max: float = 0.5        # [?] unstated (docs/paper.md N2); max 0: no noise
+  blur_prob: float = 0.5          # share of training examples blurred (docs/paper.md §4.2)
+  blur_sigma_min: float = 0.4     # [?] unstated (docs/paper.md N3); CDM's reading:
+  blur_sigma_max: float = 0.6     #     sigma ~ U(0.4, 0.6), a 3 x 3 kernel, on the low-res image
   blur_size: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class CascadeConfig:
-  """A run sampled through a cascade (SPEC section 4): the lower stages are trained as runs of
+  """A run sampled through a cascade (docs/paper.md §4): the lower stages are trained as runs of
   their own (core.cdm.stage_configs, by sweeps.run); this config's model is the last stage."""
   stages: tuple[int, ...] = ()    # resolutions of the lower stages, base first; () = single stage
   base_preset: str = ""           # model preset of the base stage ("": this run's model)
@@ -122,8 +122,8 @@ class DataConfig:
   eval_split: str = "test"        # for FID "eval" statistics
   num_classes: int = 10
   size: int = 50_000              # shapes: number of images in the (virtual) data set
-  # The content's resolution (issue 26; the paper's section 3.1 thought experiment): images are
-  # made at min(content_resolution, resolution) (shapes rendered there, files downsampled to
+  # The content's resolution (the paper's section 3.1 thought experiment, made runnable): images
+  # are made at min(content_resolution, resolution) (shapes rendered there, files downsampled to
   # it) and upsampled to the training resolution with `upsample`, so that every resolution
   # carries the same content. 0: made at the training resolution.
   content_resolution: int = 0
@@ -145,9 +145,10 @@ class OptimConfig:
   grad_clip: float = 1.0
   weight_decay: float = 0.0
   ema_decay: float = 0.9999
-  # [?] not in SPEC: decay min(ema_decay, (1 + k) / (10 + k)) at step k (TF's num_updates
-  # form), so that a short run's EMA is not dominated by its first, untrained steps. The
-  # paper's 0.9999 over millions of steps needs none (default off); the cpu tier's runs do.
+  # [?] unstated (docs/paper.md N6): decay min(ema_decay, (1 + k) / (10 + k)) at step k
+  # (TF's num_updates form), so that a short run's EMA is not dominated by its first, untrained
+  # steps. The paper's 0.9999 over millions of steps needs none (default off); the cpu tier's
+  # runs do.
   ema_warmup: bool = False
   # Post-hoc EMA (EDM2, Karras et al. 2024; core.phema): power-function EMA profiles of these
   # sigma_rel are tracked beside ema_params (which stays as it is) and snapshotted every
@@ -175,7 +176,7 @@ class TrainConfig:
   log_every: int = 50
   ckpt_every: int = 1000
   keep_ckpts: int = 2
-  label_dropout: float = 0.1      # [?] not in SPEC: class dropped to the null class, for guidance
+  label_dropout: float = 0.1      # [?] unstated (docs/paper.md N5): labels dropped, for guidance
   fsdp: bool = False              # shard parameters over the data axis
   distributed: bool = False       # call jax.distributed.initialize() (TPU VM, SLURM)
   coordinator_address: str = ""
@@ -199,12 +200,13 @@ class EvalConfig:
   # The variational bound in bits/dim (VDM; core.bound) on held-out images of each split, under
   # one fixed evaluation schedule between fixed end points whatever the run was trained with,
   # so that it scores every arm of a sweep alike; class-conditional models get the images'
-  # true labels. [?] not in SPEC: the end points are a reading. -12 and 10 lie inside the
-  # trained range of every arm of the noise-shift study at every tier (cosine [-15, 15] shifted
-  # by 0 to -4.16 nats: the narrowest is [-19.2, 10.8]); at 10 the decoder's sigma / alpha =
-  # e^-5 = 0.0067 is below the 2/255 = 0.0078 spacing of the data's values, so it still tells
-  # neighbouring values apart (its term is then 1.83 bits/dim on the cpu tier's data, the same
-  # for every model; a higher end would make it smaller but leave some arms' trained range).
+  # true labels. [?] Unstated (docs/paper.md N7): the end points are a reading. -12 and 10 lie
+  # inside the trained range of every arm of the noise-shift study at every tier (cosine
+  # [-15, 15] shifted by 0 to -4.16 nats: the narrowest is [-19.2, 10.8]); at 10 the decoder's
+  # sigma / alpha = e^-5 = 0.0067 is below the 2/255 = 0.0078 spacing of the data's values, so
+  # it still tells neighbouring values apart (its term is then 1.83 bits/dim on the cpu tier's
+  # data, the same for every model; a higher end would make it smaller but leave some arms'
+  # trained range).
   bound: bool = True
   bound_num: int = 0              # images of each split; 0: as many as the samples scored
                                   # (eval.num_samples; eval.grid_size with eval.fid off)

@@ -1,4 +1,4 @@
-"""The forward process, prediction conversions and the training losses (SPEC section 1).
+"""The forward process, prediction conversions and the training losses (docs/paper.md §1).
 
 The network predicts v = alpha eps - sigma x (paper appendix), or x or eps (model.prediction,
 PREDICTIONS). Losses are chosen by name from LOSSES, each a weight on the x error; the error is

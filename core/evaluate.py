@@ -10,7 +10,7 @@ of that length from the snapshots, core.phema), samples, scores, computes the va
 bound in bits/dim on held-out images (core.bound) and writes the record. The sweep
 (sweeps.execute) calls it for eval.json after training; the command calls it for a new record
 in evals/. FID "train" compares the samples with the training split's statistics, FID "eval"
-with the evaluation split's (SPEC section 3).
+with the evaluation split's (docs/paper.md §3).
 
 The record is the union of what each function of RECORD returns for an Evaluation: a new
 figure is one more such function, added there.
@@ -99,7 +99,7 @@ def model_figures(ev: Evaluation) -> dict:
          "schedule": schedule_record(cfg), "train_img_per_s": training_speed(ev.stages),
          "train_time_s": sum(s.model.train_time_s for s in ev.stages),
          "guidance_scale": cfg.sampler.guidance_scale, "num_samples": n,
-         # how the samples were drawn (issue 13: evaluation records say so)
+         # how the samples were drawn: a record's FID depends on it
          "sampler": {"name": cfg.sampler.name, "steps": cfg.sampler.steps,
                      "noise_param": cfg.sampler.noise_param, "clip_x": cfg.sampler.clip_x,
                      "schedule": sampler_schedule_record(cfg)},
@@ -145,8 +145,8 @@ def scored_content(cfg: ExperimentConfig) -> Optional[int]:
 def content_figures(cfg: ExperimentConfig, feats: np.ndarray, extractor, at: int,
                     progress: bool) -> dict:
   """FID and KID of samples box-downsampled to the content resolution `at`, against the eval
-  split downsampled alike, with the floor (train split images downsampled alike): the issue-26
-  test that a model at R with data made at `at` matches a model trained at `at` itself."""
+  split downsampled alike, with the floor (train split images downsampled alike): the test
+  that a model at R with data made at `at` matches a model trained at `at` itself."""
   ref = reference_figures(cfg, cfg.data.eval_split, extractor, progress, at=at)
   other = reference_figures(cfg, cfg.data.split, extractor, progress, at=at)
   m = sample_metrics(feats, ref)

@@ -1,6 +1,6 @@
 """Front-ends that bring a high-resolution image down to the network's working resolution.
 
-The 5/3 (LeGall) wavelet by lifting (SPEC section 2, paper section 3.4): linear and exactly
+The 5/3 (LeGall) wavelet by lifting (docs/paper.md §2.3, paper section 3.4): linear and exactly
 invertible, since every lifting step is undone by subtracting what it added. Multi-level
 layout: the coarsest LL band first, then the detail bands of each level from coarse to fine,
 finer levels moved to the coarsest resolution by space-to-depth; 512x512x3 with two levels

@@ -151,7 +151,7 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
 def make_cascade_sampler(stages, batch: int) -> Callable:
   """key, labels -> samples of the last stage, each stage conditioned on the one before.
 
-  stages: (model, params, cfg) base first (SPEC section 4). A stage before a truncated
+  stages: (model, params, cfg) base first (docs/paper.md §4). A stage before a truncated
   super-resolution stage stops at that stage's sampler.cond_s.
   """
   draws = []

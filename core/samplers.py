@@ -86,7 +86,7 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
   """Draws images from t = 1 to t = 0 in cfg.steps steps, as one scan (in [-1, 1] if clip_x).
 
   t_end > 0 stops at t_end and returns z_{t_end} instead (CDM's truncated conditioning
-  augmentation, SPEC section 4). return_trajectory: also {'z', 'x_hat'}, each (steps, *shape):
+  augmentation, docs/paper.md §4.2). return_trajectory: also {'z', 'x_hat'}, each (steps, *shape):
   z after step i (at time s_i of time_grid) and the x_hat it was drawn from. sharding (a NamedSharding of the batch axis, under jit) keeps
   z and the noise split over the devices, so each draws its share of the batch; the numbers do
   not depend on it (JAX's partitionable threefry). prediction: what model_fn outputs

@@ -1,4 +1,4 @@
-"""Noise schedules as logSNR(t), t in [0, 1] (SPEC section 1; paper section 3.1 and appendix).
+"""Noise schedules as logSNR(t), t in [0, 1] (docs/paper.md §1.2; paper section 3.1 and appendix).
 
 Each is a pure jnp function; `make_schedule(cfg, image_d)` closes over the configuration and
 returns a function of t alone, chosen by name from SCHEDULES.

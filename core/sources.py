@@ -479,8 +479,8 @@ def _tfds(cfg: DataConfig, resolution: int, split: str) -> ArraySource:
 
 class Upsampled:
   """A source made at a content resolution, upsampled item by item to `resolution` with the
-  filter cfg.upsample names: every resolution then carries the same content (issue 26). With
-  nearest and a factor f, the f x f block means of an image are its content exactly."""
+  filter cfg.upsample names: every resolution then carries the same content. With nearest and
+  a factor f, the f x f block means of an image are its content exactly."""
 
   def __init__(self, src, resolution: int, method: str):
     self.src, self.resolution, self.method = src, resolution, method

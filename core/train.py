@@ -53,12 +53,12 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
-  """The learning rate by update count: linear warm-up from 0, then constant (SPEC 2)."""
+  """Learning rate by update count: linear warm-up from 0, then constant (docs/paper.md §2.4)."""
   return optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
 
 
 def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  """Adam (beta2 0.99, eps 1e-12), lr_schedule, clipping at 1.0 (SPEC 2)."""
+  """Adam (beta2 0.99, eps 1e-12), lr_schedule, clipping at 1.0 (docs/paper.md §2.4)."""
   parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
   parts.append(optax.adam(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
   if cfg.weight_decay:

@@ -1,4 +1,4 @@
-"""The device check of issue 16: how close the toolkit's programs come to the accelerator's
+"""The device check: how close the toolkit's programs come to the accelerator's
 measured peak. One run prints, each beside the peak measured by the same run's matmul:
 
   - the training step of the paper's U-ViT transformer (16x16 tokens, width 2048, bfloat16;

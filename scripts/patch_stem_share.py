@@ -8,7 +8,8 @@ the content at k^2 times the pixel SNR (the paper's section 3.1); for nearest up
 the sufficient statistic, so a network equivalent to one trained at the content resolution
 has a stem that only averages (share 1). A random kernel has share 1/k^2. The head
 (patch_out) is printed too: share 1 means every patch comes out as one colour. Used in
-results/reference/cpu_tier_study.md (issue 26's equivalence test).
+results/reference/cpu_tier_study.md, to test whether a model trained on upsampled content is
+one trained at the content's resolution.
 """
 from __future__ import annotations
 

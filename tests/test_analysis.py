@@ -293,7 +293,7 @@ def test_partial_and_broken_runs_never_crash(tmp_path):
   with open(os.path.join(sdir, run_id("128", "r=64", 0), "eval.json"), "w") as f:
     f.write('{"fid_train": 3.')
   os.remove(os.path.join(sdir, run_id("128", "r=32", 0), "status.json"))
-  # a binary status.json (issue 15.6: it used to hide the whole sweep), and a run that is a file
+  # a binary status.json (it used to hide the whole sweep), and a run that is a file
   with open(os.path.join(sdir, run_id("128", "r=16", 0), "status.json"), "wb") as f:
     f.write(b"\xff\xfe\x00binary")
   d = make_tables.build_table(load_sweep(sdir)).display.set_index("arm")
@@ -462,7 +462,7 @@ def test_notebook_executes_against_a_results_folder(tmp_path, monkeypatch):
 
 
 def test_tables_say_how_the_samples_were_drawn(results, tmp_path):
-  """Issue 14.4: the sampler and its steps, from each run's eval.json."""
+  """The sampler and its steps, from each run's eval.json."""
   import glob
   import shutil
   sdir = str(tmp_path / "noise_shift_cpu")
@@ -504,7 +504,7 @@ def test_sfid_column_only_where_runs_report_it(tmp_path):
 
 
 def _content_sweep(root):
-  """Table 2 at the issue-26 cpu tier: groups 128 -> 32 px and 256 -> 64 px of 16-px content,
+  """Table 2 at the cpu tier: groups 128 -> 32 px and 256 -> 64 px of 16-px content,
   three seeds of the 128 arms; each run's eval.json carries its schedule and its figures at
   the content resolution (FID @content = 30 + |shift + 2 ln(res / 16)| * 10 + seed)."""
   sdir = _three_seeds(root, states={})

@@ -1,4 +1,4 @@
-"""Bad input, everywhere (issue 15): every command answers it with one line on stderr that names
+"""Bad input, everywhere: every command answers it with one line on stderr that names
 the key, file or value and the fix, exit status 2, no traceback, before any training, and
 nothing already written is touched.
 

@@ -1,4 +1,4 @@
-"""The cascade baseline (SPEC section 4): super-resolution model, conditioning augmentation,
+"""The cascade baseline (docs/paper.md §4): super-resolution model, conditioning augmentation,
 cascade sampler, stage configs and the cascade sweep end to end."""
 import dataclasses
 import json

@@ -1,4 +1,4 @@
-"""data.content_resolution (issue 26): the same content at growing resolution, for every source.
+"""data.content_resolution: the same content at growing resolution, for every source.
 
 Images are made at the content resolution (shapes rendered there, files downsampled to it) and
 upsampled with data.upsample; the evaluation also scores such a run's samples box-downsampled

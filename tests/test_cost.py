@@ -62,7 +62,7 @@ def test_table1_recomputed_and_printed(capsys):
   big, small = rows
   assert big["feature_map_bytes"] == 16 * 2 ** 30 and small["feature_map_bytes"] == 2 ** 29
   assert big["macs"] / 2 ** 40 == pytest.approx(9.0) and small["macs"] / 2 ** 40 == pytest.approx(2.25)
-  assert big["kernel_bytes"] == 3 * 3 * 128 * 128 * 2          # not SPEC's 2.8 MB
+  assert big["kernel_bytes"] == 3 * 3 * 128 * 128 * 2   # not table 1's 2.8 MB (docs/paper.md §6)
   assert big["flops_xla"] == pytest.approx(big["flops_analytic"], rel=0.01)
   assert cost.main(["--table1"]) == 0
   out = capsys.readouterr().out
@@ -134,7 +134,7 @@ def test_compile_only_allocates_nothing_and_says_so():
 
 
 def test_evaluation_cost_counts_samples_steps_and_guidance_passes(tmp_path):
-  """Issue 13.4: per model, the FLOPs of its runs' evaluations and predicted hours."""
+  """Per model, the FLOPs of its runs' evaluations and predicted hours."""
   from core.config import replace
   _, runs = expand(os.path.join(os.path.dirname(__file__), "..", "ablations", "guidance.yaml"),
                    "smoke")

@@ -338,7 +338,7 @@ def _encoded(im: Image.Image, fmt: str = "PNG") -> bytes:
 
 
 def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
-  """Issue 15.4: PIL's convert("RGB") clips 16-bit pixels at 255 (an all-white image)."""
+  """PIL's convert("RGB") clips 16-bit pixels at 255 (an all-white image)."""
   from analysis.fid import _load_rgb
   ramp16 = (np.arange(64, dtype=np.int64).reshape(8, 8) * 1040).astype(np.uint16)  # 0..65520
   want16 = np.round(ramp16 / 257).astype(np.uint8)
@@ -376,7 +376,7 @@ def test_every_pixel_format_decodes_by_value_or_is_refused_by_name(tmp_path):
 
 
 def test_reference_cache_key_names_the_data_not_the_folder_name(tmp_path, monkeypatch):
-  """Issue 15.2: two folders called `imgs` once shared FID statistics (an all-black folder
+  """Two folders called `imgs` once shared FID statistics (an all-black folder
   scored 87.55 against another's). The key holds the absolute path, the files and their sizes,
   the split and the count."""
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))

@@ -200,7 +200,7 @@ def test_a_loss_is_the_same_weight_on_the_x_error_whatever_the_prediction(sched)
 def test_the_output_weight_is_what_conditions_the_gradient():
   """aux['out_weight'] is d loss / d out (per element, over 2 err): 1 for x with x_mse at every
   t, alpha^2 for v with eps_mse (the paper's), SNR for x with eps_mse, which hands the gradient
-  to the low-noise end (issue 26); weight_cap bounds it (Min-SNR-gamma)."""
+  to the low-noise end; weight_cap bounds it (Min-SNR-gamma)."""
   from core.diffusion import get_prediction
   x, eps, _ = _batch(shape=(len(T_ENDS), 4, 4, 3))
   logsnr = logsnr_cosine(T_ENDS)

@@ -1,4 +1,4 @@
-"""Evaluation over the mesh (issue 13.2): each device draws its share of a batch, each process
+"""Evaluation over the mesh: each device draws its share of a batch, each process
 its share across hosts, and the statistics come out as on one device."""
 import json
 import os

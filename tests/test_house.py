@@ -1,4 +1,4 @@
-"""Issue 13.5, one place per concept: the metrics writer, training speed, the learning-rate
+"""One place per concept: the metrics writer, training speed, the learning-rate
 schedule, image extensions, "done", validation at resolve, and the import arrows."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ownership of run and model folders (issue 15.1): two processes never write the same run."""
+"""Ownership of run and model folders: two processes never write the same run."""
 import os
 import signal
 import subprocess

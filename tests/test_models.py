@@ -1,4 +1,4 @@
-"""Models (SPEC section 2): shapes, front-ends, conditioning, dropout, precision, presets.
+"""Models (docs/paper.md §2): shapes, front-ends, conditioning, dropout, precision, presets.
 
 Compiles are the cost on CPU: everything that runs uses the tiny presets, parameters come
 from eval_shape filled with numpy noise (no init compile, and non-zero zero-init layers so
@@ -128,7 +128,7 @@ def test_paper_presets():
   assert sum(k.startswith("up3_res") for k in p) == 13
   assert sum(k.startswith("down3_attn") for k in p) == 12   # attention at 16x16
   assert not any(k.startswith(("down2_attn", "up2_attn")) for k in p)   # none at 32x32
-  # Resolutions are counted after the front-end (SPEC section 2, table 5).
+  # Resolutions are counted after the front-end (docs/paper.md §2.3, table 5).
   assert level_resolutions(preset("unet512"), 512) == [128, 64, 32, 16, 8]
   assert level_resolutions(preset("unet512_none"), 512) == [512, 256, 128, 64, 32, 16, 8]
   # U-ViT: 36 stacked transformer blocks of width 2048 at 16x16 whatever the resolution.

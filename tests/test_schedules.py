@@ -36,7 +36,7 @@ def test_shifted_is_cosine_plus_constant(image_d, noise_d):
 def test_interpolated_end_points_and_middle():
   d, lo, hi = 512, 32, 256
   f = lambda t: logsnr_interpolated(t, d, lo, hi)
-  # t = 1 is the noisy shift-32 schedule, t = 0 the shift-256 one (SPEC eq. 6 reading).
+  # t = 1 is the noisy shift-32 schedule, t = 0 the shift-256 one (docs/paper.md eq. 6, reading R1).
   assert abs(float(f(1.0)) - float(logsnr_shifted(1.0, d, lo))) < 1e-4
   assert abs(float(f(0.0)) - float(logsnr_shifted(0.0, d, hi))) < 1e-4
   t = 0.3

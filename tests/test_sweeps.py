@@ -97,7 +97,7 @@ def test_other_sweeps_paper_tier_settings():
 def test_small_tiers_scale_resolutions_and_keep_the_axis():
   _, runs = expand(os.path.join(ROOT, "ablations/dropout.yaml"), "cpu")
   assert {r.config.resolution for r in runs} == {16}   # the tiers' scale 8
-  # noise_shift's own cpu tier (issue 26): 16-px content at 32 and 64 px, scale 4, and a
+  # noise_shift's own cpu tier: 16-px content at 32 and 64 px, scale 4, and a
   # 16-px control group that only the small tiers have
   _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "cpu")
   c = _by(runs, "128", "shift 32")
@@ -244,7 +244,7 @@ def test_every_ablation_file_end_to_end_at_smoke(f, tmp_path, monkeypatch):
     assert read_json(os.path.join(rd, "status.json"))["state"] == "done"
     ev = read_json(os.path.join(rd, "eval.json"))
     assert ev["params"] > 0 and (ev["fid_train"] >= 0 if fid else ev["fid_train"] is None)
-    if name == "noise_shift":   # 16-px content at 32 px: also scored at 16 px (issue 26)
+    if name == "noise_shift":   # 16-px content at 32 px: also scored at 16 px
       assert ev["resolution"] == 32 and ev["schedule"]["logsnr_shift"] == 0.0
       c = ev["content"]
       assert c["resolution"] == 16 and c["fid_eval"] >= 0 and c["floor"]["fid_eval"] >= 0
@@ -353,7 +353,7 @@ def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
 
 
 def test_rerun_with_other_settings_is_an_error_or_redone(tmp_path, monkeypatch, capsys):
-  """A finished run is not reported as done for settings it was not made with (issue 15.3)."""
+  """A finished run is not reported as done for settings it was not made with."""
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   f = os.path.join(ROOT, "ablations/noise_shift.yaml")
   res = str(tmp_path / "r")
@@ -382,7 +382,7 @@ def test_rerun_with_other_settings_is_an_error_or_redone(tmp_path, monkeypatch, 
 
 
 def test_a_run_folder_that_is_a_file_fails_alone(tmp_path, monkeypatch, capsys):
-  """One bad run shows as bad; the others stand (issue 15.6)."""
+  """One bad run shows as bad; the others stand."""
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   f = os.path.join(ROOT, "ablations/noise_shift.yaml")
   res = tmp_path / "r"
@@ -417,8 +417,8 @@ def test_sigterm_stops_with_one_message_and_the_run_resumable(tmp_path):
   assert st["state"] == "failed" and st["error"] == "interrupted"
 
 
-# Rows that several of the paper's tables print with the same numbers: one trained model each
-# (issue 14.1). (sweep file, arm, group); group None: any.
+# Rows that several of the paper's tables print with the same numbers: one trained model each,
+# not one per table. (sweep file, arm, group); group None: any.
 SHARED_MODELS = {
     "U-Net 128, shift 32: tables 2, 7": [("noise_shift", "shift 32", "128"), ("literature", "U-Net", "128")],
     "U-Net 128, shift 64: tables 2, 3, 4": [("noise_shift", "shift 64", "128"), ("dropout", "r=16", None),
@@ -436,7 +436,7 @@ SHARED_MODELS = {
 NOT_SHARED_BELOW_PAPER = {"U-Net 128, shift 64: tables 2, 3, 4": {("blocks16", "12+13", None)},
                           "U-Net 256, shift 32: tables 2, 6, 7": {("noise_shift", "shift 32", "256")}}
 # noise_shift's own cpu and smoke tiers make its data at a 16-px content resolution and predict
-# x with the x-MSE (issue 26, ablations/noise_shift.yaml), so its models there are its own.
+# x with the x-MSE (ablations/noise_shift.yaml), so its models there are its own.
 NOT_SHARED_AT = {"cpu": {("noise_shift", "shift 32", "128"), ("noise_shift", "shift 64", "128")},
                  "smoke": {("noise_shift", "shift 32", "128"), ("noise_shift", "shift 64", "128")}}
 
@@ -500,7 +500,7 @@ def runner_base(extra):
 
 
 def test_every_published_row_is_named_by_its_arm():
-  """Issue 14.3: arms name the paper's rows they reproduce (table/group/row); every name is a
+  """Arms name the paper's rows they reproduce (table/group/row); every name is a
   row of analysis.paper_numbers, and every arm of a table with a row of that label names it."""
   from analysis import paper_numbers
   for f in FILES:

@@ -1,4 +1,4 @@
-"""A warm start does no needless work (issue 16.4: a warm smoke run in at most 15 seconds)."""
+"""A warm start does no needless work (a warm smoke run in at most 15 seconds)."""
 import logging
 
 import jax

@@ -1,4 +1,4 @@
-"""Denoising networks (SPEC section 2): build_model(cfg, resolution) -> flax.linen.Module.
+"""Denoising networks (docs/paper.md §2): build_model(cfg, resolution) -> flax.linen.Module.
 
 Call: model.apply({'params': p}, z, logsnr, label=None, cond=None, cond_logsnr=None,
 train=False, rngs={'dropout': key}) -> the prediction cfg.prediction names (v by default), z's

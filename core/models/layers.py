@@ -1,4 +1,4 @@
-"""Building blocks shared by the U-Net and the U-ViT (SPEC section 2, paper appendix B).
+"""Building blocks shared by the U-Net and the U-ViT (docs/paper.md §2, paper appendix B).
 
 Mixed precision: convolutions and dense layers compute in the config's dtype, parameters stay
 float32, and normalisation, softmax and the network output are float32.
@@ -71,7 +71,7 @@ def group_norm(x, groups: int, name: Optional[str] = None):
 def sinusoidal_embedding(x, dim: int, min_freq: float = 1 / 16, max_freq: float = 16.0):
   """sin/cos features of a scalar per example, angular frequencies geometric in [min, max].
 
-  The net is fed logSNR, not t (SPEC section 1). logSNR spans about [-25, 25] once shifted,
+  The net is fed logSNR, not t (docs/paper.md §1.1). logSNR spans about [-25, 25] once shifted,
   so periods from 2 pi / 16 ~ 0.4 (resolves neighbouring sampler steps) to 2 pi * 16 ~ 100
   (monotone over the whole range) cover it; DDPM's t-embedding would waste half its features.
   """
@@ -110,7 +110,7 @@ class ConditionEmbedding(nn.Module):
     elif label is not None:
       raise ValueError("a label was passed to an unconditional model (model.num_classes=0)")
     if cfg.cond_noise_embedding:
-      # CDM conditioning augmentation: the model is told the level s (SPEC section 4).
+      # CDM conditioning augmentation: the model is told the level s (docs/paper.md §4.2).
       if cond_logsnr is None:
         raise ValueError("model.cond_noise_embedding is set: pass cond_logsnr, shape (B,)")
       cond_logsnr = jnp.broadcast_to(jnp.asarray(cond_logsnr, F32), (b,))
@@ -183,7 +183,7 @@ class AttnBlock(nn.Module):
 
 
 def downsample(x):
-  """Average pooling 2x2 (SPEC section 2: average-pool downsampling, no parameters)."""
+  """Average pooling 2x2 (docs/paper.md §2.1: average-pool downsampling, no parameters)."""
   return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
 
@@ -193,7 +193,7 @@ def upsample(x):
 
 
 class Stem(nn.Module):
-  """Front-end (none | dwt:L | patch:k, SPEC section 2 / table 5) and the input convolution."""
+  """Front-end (none | dwt:L | patch:k, docs/paper.md §2.3) and the input convolution."""
   cfg: ModelConfig
   features: int
 
@@ -232,7 +232,7 @@ class Head(nn.Module):
 
 
 def prepare_input(cfg: ModelConfig, resolution: int, z, cond):
-  """Checks shapes and concatenates the CDM conditioning image on channels (SPEC section 4)."""
+  """Checks shapes and concatenates the CDM conditioning image on channels (docs/paper.md §4)."""
   want = (resolution, resolution, cfg.in_channels)
   if z.ndim != 4 or tuple(z.shape[1:]) != want:
     raise ValueError(f"model built for z of shape (B, {want[0]}, {want[1]}, {want[2]}), "

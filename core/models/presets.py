@@ -1,4 +1,4 @@
-"""Named model configurations: the paper's (SPEC section 2, table 5) and small CPU ones."""
+"""Named model configurations: the paper's (docs/paper.md §2.5) and small CPU ones."""
 from __future__ import annotations
 
 import dataclasses
@@ -31,7 +31,7 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
   return dataclasses.replace(cfg, **overrides)
 
 
-# U-Net, common to all paper sizes (SPEC section 2): base 128, emb 1024, attention at 8 and
+# U-Net, common to all paper sizes (docs/paper.md §2.1): base 128, emb 1024, attention at 8 and
 # 16 with 4 heads, dropout 0.1 at <= 16x16, ImageNet's 1000 classes.
 _UNET = dict(arch="unet", base_channels=128, emb_channels=1024, attn_resolutions=(8, 16),
              num_heads=4, dropout=0.1, dropout_max_res=16, num_classes=1000)
@@ -83,7 +83,7 @@ def unet512() -> ModelConfig:
   return unet512_dwt2()   # the paper's final 512 model
 
 
-# U-ViT "2B" (SPEC section 2): the transformer always runs at 16x16 with width 2048.
+# U-ViT "2B" (docs/paper.md §2.2): the transformer always runs at 16x16 with width 2048.
 # dropout_max_res=16 puts the 0.2 dropout in the transformer only (conv levels are >= 32).
 def _uvit(frontend: str) -> ModelConfig:
   return ModelConfig(arch="uvit", base_channels=128, emb_channels=1024,

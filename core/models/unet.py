@@ -1,4 +1,4 @@
-"""The U-Net of simple diffusion (SPEC section 2, paper appendix B).
+"""The U-Net of simple diffusion (docs/paper.md §2.1, paper appendix B).
 
 DDPM layout: num_res_blocks[i] ResBlocks per down level, num_res_blocks[i] + 1 per up level on
 concatenated skips (table 4's "12+13" at 16x16), attention after each block at

@@ -1,4 +1,4 @@
-"""The U-ViT of simple diffusion (SPEC section 2, paper appendix B, the "2B" models).
+"""The U-ViT of simple diffusion (docs/paper.md §2.2, paper appendix B, the "2B" models).
 
 Conv levels for all but the last entry of channel_multiplier (with U-Net skips), then a
 downsample to the lowest resolution (16x16 in the paper), a projection to width
