@@ -219,8 +219,10 @@ class EvalConfig:
   # The oracle (core.oracle; this toolkit's metrics beside the paper's FID and IS) where the
   # data are procedural scenes (shapes, shapes_simple): the kind read back from class-
   # conditional samples against the label asked, a Fréchet distance in the oracle's features,
-  # the scene parameters read back; samples read at the content resolution.
-  oracle: bool = True
+  # the scene parameters read back; samples read at the content resolution. On at the gpu and
+  # cpu tiers (ablations/_tiers.yaml); off by default, since a data set and resolution without
+  # a cached or shipped oracle trains one first (minutes).
+  oracle: bool = False
   oracle_num: int = 0             # samples it reads; 0: those Inception scores (eval.num_samples);
                                   # more are drawn after those, from a stream of their own
   oracle_recipe: str = "default"  # core.oracle.RECIPES: default | quick (tests)

@@ -124,6 +124,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   old = read_json(os.path.join(sdir, "sweep.json")) or {}
   if args.only and old.get("runs"):  # keep the full listing when running a subset
     meta = {**meta, "runs": old["runs"]}
+  # the commands that wrote this folder, without what only splits the work (--only, ...), so
+  # that analysis.scorecard can say what reproduces a study
+  cmd = " ".join(["python -m sweeps.run", args.file, *args.overrides])
+  meta["commands"] = list(dict.fromkeys([*(old.get("commands") or []), cmd]))
   write_json_atomic(os.path.join(sdir, "sweep.json"), meta)
   t0 = time.time()
   if args.launcher:

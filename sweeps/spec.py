@@ -3,7 +3,7 @@
 File layout (see ablations/*.yaml):
 
     name: noise_shift            # results/<name>_<tier>/
-    table: "2"                   # the paper table it reproduces (SPEC section 3)
+    table: "2"                   # the paper table it reproduces (docs/paper.md §3)
     title: ...
     reference: null              # arm label that relative training speed is measured against
     seeds: 1

@@ -1,4 +1,4 @@
-"""No silent collapse (issue 35.1): arms that set a training key apart but are one model at a
+"""No silent collapse: arms that set a training key apart but are one model at a
 tier stop the sweep at expansion, with one line naming the arms and the keys."""
 import os
 

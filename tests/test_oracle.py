@@ -21,7 +21,8 @@ STORED = os.path.join(oracle_lib.SHIPPED, os.path.basename(
 def _cfg(resolution=16, content=0, n=400, **over):
   cfg = replace(ExperimentConfig(), **{
       "resolution": resolution, "data.source": "shapes_simple", "data.size": n,
-      "data.content_resolution": content, "eval.batch_size": 200, "model.num_classes": 10})
+      "data.content_resolution": content, "eval.batch_size": 200, "model.num_classes": 10,
+      "eval.oracle": True})
   return replace(cfg, **over) if over else cfg
 
 
