@@ -671,6 +671,8 @@ def curve_figure(sweep: Sweep) -> Optional[Figure]:
                      label="real data")
         ax.set_xlabel("training step")
         ax.set_ylabel(name + (" (%)" if sc == 100.0 else ""))
+        if sc == 100.0:   # an accuracy: its own scale, the band clipped to it
+          ax.set_ylim(0, 100)
         if i == 0:
           ax.set_title(f"group {group_label(sweep, g)}")
         ax.legend(fontsize=7.5)
@@ -734,7 +736,7 @@ def scene_figure(sweep: Sweep) -> Optional[Figure]:
         ax.set_yticks([])
         if j == 0:
           ax.set_ylabel(f"group {group_label(sweep, g)}")
-        if i == 0 and j == len(SCENE_PANELS) - 1:
+        if j == len(SCENE_PANELS) - 1:   # each row its own arms
           ax.legend(fontsize=7.5)
     fig.suptitle(f"{sweep.title} — {sweep.name}: scene parameters the oracle reads "
                  "(samples of every seed; grey: real images)")
