@@ -35,7 +35,8 @@ from core.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
 from core.fid import floor_metrics, inception_score, sample_metrics
-from core.generate import gather_rows, generate, local_rows, to_global
+from core.generate import (gather_rows, generate, local_rows, sampling_schedule_config,
+                           to_global)
 from core.images import save_grid
 from core.metrics import METRICS_FILE, combined_speed, run_speed
 from core.reference import box_downsample, reference_figures
@@ -118,11 +119,9 @@ def model_figures(ev: Evaluation) -> dict:
 def sampler_schedule_record(cfg: ExperimentConfig) -> dict:
   """The schedule the sampler walked (core.generate.sampling_schedule), as schedule_record
   gives the training one, with "trained": whether it is the training schedule."""
-  if not cfg.sampler.schedule:
-    return {**schedule_record(cfg), "trained": True}
-  sc = dataclasses.replace(cfg.schedule, name=cfg.sampler.schedule,
-                           noise_d=cfg.sampler.schedule_noise_d or cfg.schedule.noise_d)
-  return {**schedule_record(dataclasses.replace(cfg, schedule=sc)), "trained": False}
+  sc = sampling_schedule_config(cfg)
+  return {**schedule_record(dataclasses.replace(cfg, schedule=sc)),
+          "trained": not cfg.sampler.schedule}
 
 
 def ema_record(cfg: ExperimentConfig, step: int) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from core.conditioning import repeat_batch, truncated_at
-from core.config import ExperimentConfig
+from core.config import ExperimentConfig, ScheduleConfig
 from core.devices import make_mesh
 from core.runio import STOP
 from core.samplers import sample
@@ -83,15 +83,22 @@ class ModelFn(Protocol):
   def apply(self, params, z, logsnr, labels, *, train: bool, **cond): ...
 
 
-def sampling_schedule(cfg: ExperimentConfig, trained: Schedule) -> Schedule:
-  """The schedule the sampler walks: the training one, or sampler.schedule's (with the training
-  schedule's end points; a shifted one at sampler.schedule_noise_d, 0: training's noise_d)."""
+def sampling_schedule_config(cfg: ExperimentConfig) -> ScheduleConfig:
+  """The schedule config the sampler walks: the training one, or sampler.schedule's (with the
+  training schedule's end points; a shifted one at sampler.schedule_noise_d, 0: training's)."""
   s = cfg.sampler
   if not s.schedule:
+    return cfg.schedule
+  return dataclasses.replace(cfg.schedule, name=s.schedule,
+                             noise_d=s.schedule_noise_d or cfg.schedule.noise_d)
+
+
+def sampling_schedule(cfg: ExperimentConfig, trained: Schedule) -> Schedule:
+  """The schedule the sampler walks (sampling_schedule_config): `trained` itself where
+  sampler.schedule is unset."""
+  if not cfg.sampler.schedule:
     return trained
-  sc = dataclasses.replace(cfg.schedule, name=s.schedule,
-                           noise_d=s.schedule_noise_d or cfg.schedule.noise_d)
-  return make_schedule(sc, cfg.resolution)
+  return make_schedule(sampling_schedule_config(cfg), cfg.resolution)
 
 
 def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
