@@ -436,8 +436,11 @@ SHARED_MODELS = {
 NOT_SHARED_BELOW_PAPER = {"U-Net 128, shift 64: tables 2, 3, 4": {("blocks16", "12+13", None)},
                           "U-Net 256, shift 32: tables 2, 6, 7": {("noise_shift", "shift 32", "256")}}
 # noise_shift's own cpu and smoke tiers make its data at a 16-px content resolution and predict
-# x with the x-MSE (ablations/noise_shift.yaml), so its models there are its own.
-NOT_SHARED_AT = {"cpu": {("noise_shift", "shift 32", "128"), ("noise_shift", "shift 64", "128")},
+# x with the x-MSE (ablations/noise_shift.yaml), so its models there are its own. The cpu
+# studies of tables 7 and 9 run the 128 group only (their files' headers).
+NOT_SHARED_AT = {"cpu": {("noise_shift", "shift 32", "128"), ("noise_shift", "shift 64", "128"),
+                         *((f, a, r) for r in ("256", "512")
+                           for f, a in (("literature", "U-Net"), ("literature", "U-ViT"), ("guidance", "1.00")))},
                  "smoke": {("noise_shift", "shift 32", "128"), ("noise_shift", "shift 64", "128")}}
 
 
@@ -453,7 +456,7 @@ def test_rows_the_paper_prints_from_one_model_have_one_model_key(tier):
       rs = [r for r in runs[sweep] if r.arm == arm and group in (None, r.group) and r.seed == 0]
       assert len(rs) == 1, (sweep, arm, group)
       keys[sweep] = rs[0].train_key
-    assert len(set(keys.values())) == 1, (tier, what, keys)
+    assert len(set(keys.values())) <= 1, (tier, what, keys)
 
 
 def test_model_key_ignores_logging_evaluation_and_new_default_fields():
