@@ -61,7 +61,8 @@ class CostOptions:
 # --- one training step ---------------------------------------------------------------------
 
 def abstract_step_args(trainer, batch_size: int):
-  """(state, batch, key) of Trainer.step as ShapeDtypeStructs carrying their shardings."""
+  """(state, batch, key, schedule args) of Trainer.jit_step as ShapeDtypeStructs carrying
+  their shardings."""
   import jax
   import jax.numpy as jnp
   sds = jax.ShapeDtypeStruct
@@ -73,7 +74,9 @@ def abstract_step_args(trainer, batch_size: int):
   batch = {"image": sds((batch_size, r, r, c), jnp.float32, sharding=trainer.batch_sharding),
            "label": sds((batch_size,), jnp.int32, sharding=trainer.batch_sharding)}
   key = jax.eval_shape(lambda: jax.random.key(0))
-  return state, batch, sds(key.shape, key.dtype, sharding=trainer.replicated)
+  sched = trainer.schedule_args
+  return (state, batch, sds(key.shape, key.dtype, sharding=trainer.replicated),
+          sds(sched.shape, sched.dtype, sharding=trainer.replicated))
 
 
 def synthetic_batch(trainer, batch_size: int):
@@ -94,13 +97,13 @@ def measure_step(trainer, compiled, batch_size: int, opts: CostOptions) -> dict:
   key = jax.device_put(jax.random.key(1), trainer.replicated)
   t = time.perf_counter()
   for _ in range(max(opts.warmup, 1)):
-    state, m = compiled(state, batch, key)
+    state, m = compiled(state, batch, key, trainer.schedule_args)
   jax.block_until_ready((state, m))
   warm_s = (time.perf_counter() - t) / max(opts.warmup, 1)
   steps = max(1, min(opts.measure_steps, int(opts.max_measure_s // max(warm_s, 1e-9))))
   t = time.perf_counter()
   for _ in range(steps):
-    state, m = compiled(state, batch, key)
+    state, m = compiled(state, batch, key, trainer.schedule_args)
   jax.block_until_ready((state, m))
   step_s = (time.perf_counter() - t) / steps
   loss = float(m["loss"])
@@ -127,7 +130,7 @@ def step_cost(cfg, opts: CostOptions = CostOptions(), mesh=None,
                          "preset": cfg.model.preset, "batch": batch, "devices": n_dev,
                          "params": param_count(cfg.model, cfg.resolution)}
   t = time.perf_counter()
-  traced = trainer.step.trace(*abstract_step_args(trainer, batch))
+  traced = trainer.jit_step.trace(*abstract_step_args(trainer, batch))
   flops = traced_flops(traced)
   compiled = traced.lower().compile()
   row["compile_s"] = time.perf_counter() - t

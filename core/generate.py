@@ -21,7 +21,7 @@ from core.config import ExperimentConfig, ScheduleConfig
 from core.devices import make_mesh
 from core.runio import STOP
 from core.samplers import sample
-from core.schedules import Schedule, make_schedule
+from core.schedules import Schedule, as_schedule, make_schedule
 
 
 def to_uint8(x) -> np.ndarray:
@@ -111,16 +111,18 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
   (truncated CDM augmentation of the next stage). trajectory: return (samples, trajectory) as
   core.samplers.sample does.
   """
-  schedule, task = sampling_schedule(cfg, model.schedule), model.task
+  schedule, task = as_schedule(sampling_schedule(cfg, model.schedule)), model.task
   shape = (batch, cfg.resolution, cfg.resolution, cfg.model.out_channels)
   mesh = mesh or make_mesh(batch=batch)
   rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
   params = jax.device_put(params, rep)
+  sched = to_global(np.asarray(schedule.params, np.float32), rep)
 
   # Parameters are an argument, not a closure: closed-over arrays become constants of the
-  # compiled program (slow to compile and held twice).
+  # compiled program (slow to compile and held twice). So are the schedule's numbers: samplers
+  # that differ only in the schedule are one program (core.schedules).
   @functools.partial(jax.jit, out_shardings=None if trajectory else rows)
-  def _draw(params, key_data, labels, low):
+  def _draw(params, key_data, labels, low, schedule_args):
     key = jax.random.wrap_key_data(key_data)
     # A stream apart from sample()'s split(key), so a plain model's samples are unchanged.
     cond = task.sample(low, jax.random.fold_in(key, 2))
@@ -128,7 +130,8 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
     def model_fn(z, logsnr, labels):
       return model.apply(params, z, logsnr, labels, train=False,
                            **repeat_batch(cond, z.shape[0]))
-    return sample(model_fn, shape, key, schedule, cfg.sampler, labels=labels, t_end=t_end,
+    return sample(model_fn, shape, key, schedule.at(schedule_args), cfg.sampler, labels=labels,
+                  t_end=t_end,
                   sharding=rows, return_trajectory=trajectory, prediction=cfg.model.prediction)
 
   def args(key, labels, low=None):
@@ -139,7 +142,7 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
         return x
       return to_global(x, rows)
     kd = to_global(np.asarray(jax.random.key_data(key)), rep)
-    return params, kd, put(labels), put(low)
+    return params, kd, put(labels), put(low), sched
 
   def draw(key, labels, low=None, params=None):
     """params: other parameters of the same model (a learning curve's later EMA), drawn with
@@ -150,8 +153,8 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
     return _draw(*a)
   draw.mesh = mesh
   # The compiled program's HLO text (scripts/profile_step.py names its ops with it).
-  draw.hlo_text = lambda key, labels, low=None: _draw.lower(*args(key, labels, low)).compile(
-      ).as_text()
+  draw.lower = lambda key, labels, low=None: _draw.lower(*args(key, labels, low))
+  draw.hlo_text = lambda key, labels, low=None: draw.lower(key, labels, low).compile().as_text()
   return draw
 
 

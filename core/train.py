@@ -143,10 +143,13 @@ class Trainer:
     self.batch_sharding = NamedSharding(self.mesh, P("data"))
     self.replicated = NamedSharding(self.mesh, P())
     self.init = jax.jit(self._init, out_shardings=self.state_sharding)
-    self.step = jax.jit(self._step, in_shardings=(self.state_sharding, self.batch_sharding,
-                                                  self.replicated),
-                        out_shardings=(self.state_sharding, self.replicated),
-                        donate_argnums=(0,))
+    # The schedule's numbers are an input, not constants: arms that differ only in the schedule
+    # (table 2, eq. 6) compile one program, which the persistent compilation cache serves.
+    self.schedule_args = jax.device_put(self.schedule.args(), self.replicated)
+    self.jit_step = jax.jit(self._step, in_shardings=(self.state_sharding, self.batch_sharding,
+                                                      self.replicated, self.replicated),
+                            out_shardings=(self.state_sharding, self.replicated),
+                            donate_argnums=(0,))
 
   def _init(self, key) -> TrainState:
     params = models.init_params(self.cfg.model, self.cfg.resolution, key)
@@ -158,13 +161,18 @@ class Trainer:
     return PhemaTrainState(**vars(state), phema=tuple(
         jax.tree.map(jnp.copy, params) for _ in self.phema_gammas))
 
+  def step(self, state: TrainState, batch, key):
+    """One training step (jitted): (new state, metrics)."""
+    return self.jit_step(state, batch, key, self.schedule_args)
+
   def apply(self, params, z, logsnr, labels, *, train: bool, rng=None, **kw):
     labels = map_null_labels(labels, self.cfg.model.num_classes)
     rngs = {"dropout": rng} if rng is not None else {}
     return self.model.apply({"params": params}, z, logsnr, labels, train=train, rngs=rngs, **kw)
 
-  def loss(self, params, batch, key):
-    """The training loss of one batch; `key` is the step's key."""
+  def loss(self, params, batch, key, schedule_args=None):
+    """The training loss of one batch; `key` is the step's key; schedule_args: the schedule's
+    numbers (its own where None)."""
     # split(key, 4)[:3] equals split(key, 3) with JAX's partitionable threefry (the default).
     k_loss, k_drop, k_label, k_cond = jax.random.split(key, 4)
     labels = batch.get("label")
@@ -177,13 +185,14 @@ class Trainer:
     cond = self.task.train(batch, k_cond)
     denoise = lambda z, logsnr: self.apply(params, z, logsnr, labels, train=True, rng=k_drop,
                                            **cond)
-    return diffusion_loss(denoise, batch["image"], k_loss, self.schedule, self.cfg.loss,
+    schedule = self.schedule if schedule_args is None else self.schedule.at(schedule_args)
+    return diffusion_loss(denoise, batch["image"], k_loss, schedule, self.cfg.loss,
                           self.cfg.model.prediction)
 
-  def _step(self, state: TrainState, batch, key):
+  def _step(self, state: TrainState, batch, key, schedule_args):
     step_key = jax.random.fold_in(key, state.step)
     (loss, aux), grads = jax.value_and_grad(self.loss, has_aux=True)(state.params, batch,
-                                                                    step_key)
+                                                                    step_key, schedule_args)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     d = ema_decay(self.cfg.optim, state.step)

@@ -19,7 +19,7 @@ def step_flops(cfg) -> float:
   from analysis.xla_cost import traced_flops
   from core.train import Trainer
   tr = Trainer(cfg)
-  return traced_flops(tr.step.trace(*abstract_step_args(tr, cfg.train.batch_size)))
+  return traced_flops(tr.jit_step.trace(*abstract_step_args(tr, cfg.train.batch_size)))
 
 
 def main(argv=None) -> int:

@@ -115,13 +115,13 @@ def train_setup(cfg, batch: int, devices):
   from core.train import Trainer
   cfg = replace(cfg, **{"train.batch_size": batch})
   tr = Trainer(cfg, make_mesh(devices))
-  compiled = tr.step.trace(*abstract_step_args(tr, batch)).lower().compile()
+  compiled = tr.jit_step.trace(*abstract_step_args(tr, batch)).lower().compile()
   state = [tr.init(jax.random.key(0))]
   data = synthetic_batch(tr, batch)
   key = jax.device_put(jax.random.key(1), tr.replicated)
 
   def step():
-    state[0], m = compiled(state[0], data, key)
+    state[0], m = compiled(state[0], data, key, tr.schedule_args)
     return m["loss"]
   return step, compiled.as_text(), tr
 

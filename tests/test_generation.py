@@ -62,14 +62,15 @@ def memorise(cfg, imgs, labels):
   tr = Trainer(cfg, make_mesh(jax.devices()[:2]))
   # The suite lowers XLA's optimisation level to compile faster; this loop runs 800 steps, so
   # it is compiled at the default level (3x faster per step here).
-  step = jax.jit(tr._step, in_shardings=(tr.state_sharding, tr.batch_sharding, tr.replicated),
+  step = jax.jit(tr._step, in_shardings=(tr.state_sharding, tr.batch_sharding, tr.replicated,
+                                         tr.replicated),
                  out_shardings=(tr.state_sharding, tr.replicated), donate_argnums=(0,),
                  compiler_options={"xla_backend_optimization_level": 3})
   idx = np.arange(BATCH) % NUM_IMAGES
   batch = tr.global_batch({"image": imgs[idx], "label": labels[idx]})
   state, key = tr.init(jax.random.key(0)), jax.random.key(1)
   for _ in range(cfg.train.steps):
-    state, _ = step(state, batch, key)
+    state, _ = step(state, batch, key, tr.schedule_args)
   return tr, state
 
 

@@ -68,3 +68,22 @@ def test_unknown_schedule_names_the_choices():
   with pytest.raises(KeyError, match="cosine, interpolated, shifted"):
     make_schedule(ScheduleConfig(name="linear"), 64)
   assert SCHEDULES.names() == ["cosine", "interpolated", "shifted"]
+
+
+@pytest.mark.parametrize("image_d,name,noise_d", [(64, "cosine", 64), (64, "shifted", 16),
+                                                  (32, "shifted", 128), (16, "shifted", 8)])
+def test_made_schedules_compute_what_their_formulas_do_eagerly_and_jitted(image_d, name, noise_d):
+  # make_schedule's one program with four numbers (core.schedules.logsnr_family) must give the
+  # committed studies' schedules bit for bit, as a constant and as a traced input.
+  import jax
+  # (XLA's fused tan and log differ from the eager ones by ~1e-4: compare jit with jit.)
+  s = make_schedule(ScheduleConfig(name=name, noise_d=noise_d), image_d)
+  formula = ((lambda t: logsnr_shifted(t, image_d, noise_d)) if name == "shifted"
+             else logsnr_cosine)
+  np.testing.assert_array_equal(np.asarray(s(T)), np.asarray(formula(T)))
+  want = np.asarray(jax.jit(formula)(T))
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda a, t: s.at(a)(t))(s.args(), T)), want)
+  np.testing.assert_array_equal(np.asarray(jax.jit(s)(T)), want)
+  i = make_schedule(ScheduleConfig(name="interpolated", noise_d_low=32, noise_d_high=256), 512)
+  np.testing.assert_allclose(np.asarray(i(T)), np.asarray(logsnr_interpolated(T, 512, 32, 256)),
+                             rtol=1e-6, atol=1e-5)

@@ -215,3 +215,27 @@ def test_a_stop_asked_for_by_a_signal_is_not_lost(tmp_path):
   finally:
     STOP.clear()
   assert train(_cfg(), str(tmp_path / "w2"), log=lambda s: None).steps_run == 4
+
+
+def test_arms_that_differ_only_in_the_schedule_are_one_program():
+  # The schedule's numbers are inputs of the train step and of the sampler, so table 2's arms
+  # at one resolution lower to one program (the compilation cache then serves every arm after
+  # the first); another model is another program.
+  from analysis.cost import abstract_step_args
+  from core.generate import make_sampler
+  mesh = make_mesh(jax.devices()[:1])
+  cfgs = [_cfg(sampler__steps=2, schedule__name="cosine"),
+          _cfg(sampler__steps=2, schedule__name="shifted", schedule__noise_d=4),
+          _cfg(sampler__steps=2, schedule__name="interpolated", schedule__noise_d_low=4,
+               schedule__noise_d_high=32),
+          _cfg(sampler__steps=2, schedule__name="shifted", schedule__noise_d=4,
+               model__base_channels=16)]
+  steps, samplers = [], []
+  for cfg in cfgs:
+    tr = Trainer(cfg, mesh)
+    steps.append(tr.jit_step.trace(*abstract_step_args(tr, 8)).lower().as_text())
+    params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tr.abstract_state.params)
+    draw = make_sampler(tr, params, cfg, 8, mesh=mesh)
+    samplers.append(draw.lower(jax.random.key(0), np.zeros(8, np.int32)).as_text())
+  assert steps[0] == steps[1] == steps[2] != steps[3]
+  assert samplers[0] == samplers[1] == samplers[2] != samplers[3]
