@@ -5,7 +5,7 @@
 
 `evaluate_dir` is the one path from a run directory to its figures: it reads the run's
 config.yaml, restores each stage's EMA parameters from its model directory
-(core.train.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
+(core.checkpoint.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
 of that length from the snapshots, core.phema), samples, scores, computes the variational
 bound in bits/dim on held-out images (core.bound) and writes the record. The sweep
 (sweeps.execute) calls it for eval.json after training; the command calls it for a new record
@@ -42,7 +42,8 @@ from core.metrics import METRICS_FILE, combined_speed, run_speed
 from core.reference import box_downsample, reference_figures
 from core.runio import read_json, read_jsonl, write_json_atomic
 from core.sources import content_resolution
-from core.train import TrainedModel, ema_sigma_rel, restore_ema
+from core.checkpoint import TrainedModel, restore_ema
+from core.state import ema_sigma_rel
 
 
 @dataclasses.dataclass(frozen=True)

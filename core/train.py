@@ -1,8 +1,8 @@
 """The training engine: one jitted step over a device Mesh, orbax checkpoints, JSONL metrics.
 
 `train(cfg, model_dir)` writes a model directory (config.yaml, ckpt/, metrics.jsonl) and
-nothing else; `restore_ema(cfg, model_dir)` is what evaluation reads back from it (the EMA
-parameters of the newest checkpoint, without the data pipeline). `python -m core.train
+nothing else; `core.checkpoint.restore_ema(cfg, model_dir)` is what evaluation reads back from
+it (the EMA parameters of the newest checkpoint, without the data pipeline or this module). `python -m core.train
 key=value ...` is train() through Hydra. Data parallel over the mesh axis 'data'; with train.fsdp the
 parameters, EMA and optimiser state are sharded over that axis too. Randomness of step k is
 fold_in(key, k), and the data iterator's state is checkpointed, so a resumed run reproduces an
@@ -11,138 +11,35 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from core import models, phema, pipeline
-from core.conditioning import make_task
-from core.devices import make_mesh
-from core.config import ExperimentConfig, OptimConfig, to_dict
+from core import phema, pipeline
+from core.checkpoint import (checkpoint_manager, restore_latest, save_checkpoint,
+                             save_phema_snapshot)
+from core.config import ExperimentConfig, to_dict
 from core.diffusion import diffusion_loss
 from core.metrics import MetricsWriter, check_backends, images_per_s
 from core.runio import STOP, DirLock, write_yaml_atomic
-from core.schedules import make_schedule
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jnp.ndarray
-  params: Any
-  ema_params: Any
-  opt_state: Any
-
-
-@flax.struct.dataclass
-class PhemaTrainState(TrainState):
-  """A TrainState with the tracked post-hoc EMA profiles (optim.phema): one parameter tree per
-  optim.phema_sigma_rels. Its own class, so that checkpoints without them still restore."""
-  phema: Any
+from core.state import StateSpec, TrainState, ema_decay, learning_rate
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
 
 
-def lr_schedule(cfg: OptimConfig) -> optax.Schedule:
-  """Learning rate by update count: linear warm-up from 0, then constant (docs/paper.md §2.4)."""
-  return optax.linear_schedule(0.0, cfg.lr, max(cfg.warmup_steps, 1))
-
-
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-  """Adam (beta2 0.99, eps 1e-12), lr_schedule, clipping at 1.0 (docs/paper.md §2.4)."""
-  parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
-  parts.append(optax.adam(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps))
-  if cfg.weight_decay:
-    parts.append(optax.add_decayed_weights(-cfg.weight_decay * cfg.lr))
-  return optax.chain(*parts)
-
-
-def ema_decay(cfg: OptimConfig, step):
-  """The EMA decay at step `step` (the update that makes step + 1); see OptimConfig."""
-  if not cfg.ema_warmup:
-    return cfg.ema_decay
-  k = jnp.asarray(step, jnp.float32)
-  return jnp.minimum(cfg.ema_decay, (1.0 + k) / (10.0 + k))
-
-
-def ema_sigma_rel(cfg: OptimConfig, steps: int) -> float:
-  """The length of the run's own EMA (ema_decay over `steps` updates) as EDM2 measures any
-  average: the std of its weights over training time, relative to the run's length; what
-  ema.sigma_rel would have to be for a post-hoc EMA of the same length."""
-  decays = np.broadcast_to(np.asarray(ema_decay(cfg, np.arange(steps))), (steps,))
-  return phema.profile_sigma_rel(phema.ema_weights(decays))
-
-
-def phema_every(cfg: ExperimentConfig) -> int:
-  """The steps between post-hoc EMA snapshots (optim.phema_every; 0: train.steps // 20)."""
-  return cfg.optim.phema_every or max(cfg.train.steps // 20, 1)
-
-
-def phema_due(cfg: ExperimentConfig, step: int) -> bool:
-  """Whether training keeps a post-hoc EMA snapshot at `step`: every phema_every steps and
-  at the last, the step evaluation reconstructs at."""
-  return cfg.optim.phema and (step % phema_every(cfg) == 0 or step == cfg.train.steps)
-
-
-def learning_rate(cfg: OptimConfig, step) -> float:
-  """lr_schedule at `step` as a host float (the metrics rows' "lr"), computed in float64."""
-  with jax.enable_x64(True):
-    return float(lr_schedule(cfg)(int(step)))
-
-
-def fsdp_spec(shape, n: int) -> P:
-  """Shards the largest axis divisible by the mesh size; small or indivisible leaves replicate."""
-  if n == 1 or not shape or int(np.prod(shape)) < 2 ** 14:
-    return P()
-  for ax in sorted(range(len(shape)), key=lambda a: -shape[a]):
-    if shape[ax] % n == 0:
-      spec = [None] * len(shape)
-      spec[ax] = "data"
-      return P(*spec)
-  return P()
-
-
-def state_shardings(abstract_state, mesh: Mesh, fsdp: bool):
-  n = mesh.devices.size
-  def leaf(x):
-    return NamedSharding(mesh, fsdp_spec(x.shape, n) if fsdp else P())
-  return jax.tree.map(leaf, abstract_state)
-
-
-def map_null_labels(labels, num_classes: int):
-  """Samplers mark the null class by -1; the model's null class is index num_classes."""
-  if labels is None or num_classes == 0:
-    return None
-  return jnp.where(labels < 0, num_classes, labels)
-
-
-class Trainer:
-  """Holds the model, the jitted step and the shardings for one experiment config."""
+class Trainer(StateSpec):
+  """A StateSpec with the jitted training step for one experiment config."""
 
   def __init__(self, cfg: ExperimentConfig, mesh: Optional[Mesh] = None):
-    self.cfg = cfg
-    self.mesh = mesh or make_mesh(batch=cfg.train.batch_size)
-    self.model = models.build_model(cfg.model, cfg.resolution)
-    self.task = make_task(cfg)   # extra model inputs, e.g. CDM's low-res image (cond.task)
-    self.schedule = make_schedule(cfg.schedule, cfg.resolution)
-    self.optimizer = make_optimizer(cfg.optim)
-    # the power-function exponents of the tracked post-hoc EMA profiles (EDM2 eq. 126)
-    self.phema_gammas = tuple(float(g) for g in phema.std_to_exp(
-        cfg.optim.phema_sigma_rels)) if cfg.optim.phema else ()
-    self.abstract_state = jax.eval_shape(self._init, jax.random.key(0))
-    self.state_sharding = state_shardings(self.abstract_state, self.mesh, cfg.train.fsdp)
-    self.batch_sharding = NamedSharding(self.mesh, P("data"))
-    self.replicated = NamedSharding(self.mesh, P())
-    self.init = jax.jit(self._init, out_shardings=self.state_sharding)
+    super().__init__(cfg, mesh)
     # The schedule's numbers are an input, not constants: arms that differ only in the schedule
     # (table 2, eq. 6) compile one program, which the persistent compilation cache serves.
     self.schedule_args = jax.device_put(self.schedule.args(), self.replicated)
@@ -151,24 +48,9 @@ class Trainer:
                             out_shardings=(self.state_sharding, self.replicated),
                             donate_argnums=(0,))
 
-  def _init(self, key) -> TrainState:
-    params = models.init_params(self.cfg.model, self.cfg.resolution, key)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       ema_params=jax.tree.map(jnp.copy, params),
-                       opt_state=self.optimizer.init(params))
-    if not self.phema_gammas:
-      return state
-    return PhemaTrainState(**vars(state), phema=tuple(
-        jax.tree.map(jnp.copy, params) for _ in self.phema_gammas))
-
   def step(self, state: TrainState, batch, key):
     """One training step (jitted): (new state, metrics)."""
     return self.jit_step(state, batch, key, self.schedule_args)
-
-  def apply(self, params, z, logsnr, labels, *, train: bool, rng=None, **kw):
-    labels = map_null_labels(labels, self.cfg.model.num_classes)
-    rngs = {"dropout": rng} if rng is not None else {}
-    return self.model.apply({"params": params}, z, logsnr, labels, train=train, rngs=rngs, **kw)
 
   def loss(self, params, batch, key, schedule_args=None):
     """The training loss of one batch; `key` is the step's key; schedule_args: the schedule's
@@ -218,80 +100,15 @@ class Trainer:
             for k, v in local.items()}
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
+def phema_every(cfg: ExperimentConfig) -> int:
+  """The steps between post-hoc EMA snapshots (optim.phema_every; 0: train.steps // 20)."""
+  return cfg.optim.phema_every or max(cfg.train.steps // 20, 1)
 
 
-_CPU_HANDLER = []
-
-
-def checkpoint_manager(workdir: str, cfg: ExperimentConfig):
-  """The orbax manager of workdir/ckpt (made if absent; keeps train.keep_ckpts)."""
-  import orbax.checkpoint as ocp
-  if jax.default_backend() == "cpu" and not _CPU_HANDLER:
-    # CPU devices share host memory, so orbax's replica-parallel saving (its default off GPU)
-    # only adds a compiled slice per array shape: seconds a checkpoint with fake devices.
-    absl_log = logging.getLogger("absl")  # its "overriding jax.Array" warning is this choice
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)
-    try:
-      ocp.type_handlers.register_type_handler(
-          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
-    finally:
-      absl_log.setLevel(level)
-    _CPU_HANDLER.append(True)
-  opts = ocp.CheckpointManagerOptions(max_to_keep=cfg.train.keep_ckpts, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "ckpt")), options=opts)
-
-
-def save_checkpoint(mngr, state: TrainState, data_state: str, train_time_s: float = 0.0) -> None:
-  """train_time_s: training seconds up to this step over every segment of a resumed run."""
-  import orbax.checkpoint as ocp
-  mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      data=ocp.args.JsonSave({"iterator": data_state, "train_time_s": float(train_time_s)})),
-      force=True)
-  mngr.wait_until_finished()
-
-
-def restore_latest(mngr, trainer: Trainer, log: Callable[[str], None] = print):
-  """Newest readable checkpoint as (state, data): data holds 'iterator' (the data pipeline's
-  state) and 'train_time_s' (training seconds up to it); falls back to older ones."""
-  import orbax.checkpoint as ocp
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          trainer.abstract_state, trainer.state_sharding)
-  for step in sorted(mngr.all_steps(), reverse=True):
-    try:
-      out = mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
-      return out["state"], out["data"]
-    except Exception as e:  # a torn write or a corrupt file: say so and try the one before
-      aside = _move_aside(mngr, step)
-      log(f"checkpoint at step {step} is unreadable ({type(e).__name__}: {str(e)[:200]}); "
-          f"kept as {aside}, falling back to the one before")
-  return None, None
-
-
-def _move_aside(mngr, step: int) -> str:
-  """Renames an unreadable step's folder (kept for inspection) so that the step can be saved
-  again; otherwise every rerun would fail on 'step already exists'."""
-  src = os.path.join(str(mngr.directory), str(step))
-  dst = f"{src}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
-  if jax.process_index() == 0 and os.path.isdir(src):
-    os.replace(src, dst)
-  mngr.reload()
-  return os.path.basename(dst)
-
-
-def save_phema_snapshot(workdir: str, state, sigma_rels) -> None:
-  """The tracked post-hoc EMA profiles of `state` into workdir/phema/ (process 0 writes; every
-  process takes part in gathering sharded parameters)."""
-  profiles = state.phema
-  if not all(x.is_fully_addressable for x in jax.tree.leaves(profiles)):
-    from jax.experimental import multihost_utils
-    profiles = multihost_utils.process_allgather(profiles, tiled=True)
-  if jax.process_index() == 0:
-    phema.save_snapshot(workdir, int(state.step), jax.device_get(profiles), sigma_rels)
+def phema_due(cfg: ExperimentConfig, step: int) -> bool:
+  """Whether training keeps a post-hoc EMA snapshot at `step`: every phema_every steps and
+  at the last, the step evaluation reconstructs at."""
+  return cfg.optim.phema and (step % phema_every(cfg) == 0 or step == cfg.train.steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,60 +122,6 @@ class TrainResult:
   steps_run: int
   images_per_s: float
   train_time_s: float
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedModel:
-  """What evaluation needs of a trained model directory: its EMA parameters and the model
-  function (apply, schedule, task) that samples with them; no optimiser, no data."""
-  cfg: ExperimentConfig
-  params: Any           # the EMA parameters
-  step: int
-  train_time_s: float   # training seconds up to this checkpoint, over every segment
-  num_params: int
-  apply: Callable
-  schedule: Any
-  task: Any
-
-
-def trained_step(cfg: ExperimentConfig, model_dir: str) -> int:
-  """The step of model_dir's newest checkpoint (0: none), read without restoring it: a model
-  at cfg.train.steps is finished and is not rebuilt to be evaluated."""
-  if not os.path.isdir(os.path.join(model_dir, "ckpt")):
-    return 0
-  mngr = checkpoint_manager(model_dir, cfg)
-  try:
-    return max(mngr.all_steps(), default=0)
-  finally:
-    mngr.close()
-
-
-def restore_ema(cfg: ExperimentConfig, model_dir: str,
-                log: Callable[[str], None] = print) -> TrainedModel:
-  """The EMA parameters of model_dir's newest readable checkpoint (older ones where it is not),
-  as a TrainedModel. A ConfigError names the folder where there is no checkpoint."""
-  trainer = Trainer(cfg)
-  mngr = checkpoint_manager(model_dir, cfg)
-  try:
-    state, data = restore_latest(mngr, trainer, log)
-  finally:
-    mngr.close()
-  if state is None:
-    from core.config import ConfigError
-    raise ConfigError(f"{model_dir}/ckpt has no readable checkpoint")
-  model = trained_model(trainer, state, float(data.get("train_time_s", 0.0)))
-  if cfg.ema.sigma_rel > 0:   # the post-hoc EMA of that length instead of the run's own
-    model = dataclasses.replace(model, params=phema.reconstruct(
-        model_dir, jax.device_get(state.ema_params), cfg.ema.sigma_rel, model.step))
-  return model
-
-
-def trained_model(trainer: Trainer, state: TrainState, train_time_s: float = 0.0) -> TrainedModel:
-  """A trainer's state as a TrainedModel (its EMA parameters)."""
-  return TrainedModel(cfg=trainer.cfg, params=state.ema_params, step=int(state.step),
-                      train_time_s=train_time_s,
-                      num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)),
-                      apply=trainer.apply, schedule=trainer.schedule, task=trainer.task)
 
 
 def init_distributed(cfg: ExperimentConfig) -> None:

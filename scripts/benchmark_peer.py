@@ -163,7 +163,8 @@ def run_ours(m: Match) -> dict:
   import jax
   from analysis.cost import CostOptions, measure_step
   from core.models import param_count
-  from core.train import Trainer, make_mesh
+  from core.devices import make_mesh
+  from core.train import Trainer
   cfg = our_config(m)
   trainer = Trainer(cfg, make_mesh(jax.devices()[:1]))   # one device, as the peer
   out = measure_step(trainer, trainer.step, m.batch,

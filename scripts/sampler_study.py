@@ -33,7 +33,7 @@ def main(argv=None) -> int:
   from core.generate import generate
   from core.images import save_grid
   from core.reference import reference_figures
-  from core.train import restore_ema
+  from core.checkpoint import restore_ema
   from core.config import ConfigError, parse_assignments
   from core.devices import setup
   setup()

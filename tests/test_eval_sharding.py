@@ -15,7 +15,9 @@ from core import evaluate as ev_lib
 from core import features
 from core.experiment import resolve
 from core.generate import make_sampler
-from core.train import Trainer, make_mesh, trained_model
+from core.checkpoint import trained_model
+from core.devices import make_mesh
+from core.train import Trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)

@@ -188,7 +188,7 @@ def test_logged_lr_is_the_lr_the_optimiser_applies():
   """Adam's first update of a constant gradient is -lr (m_hat / sqrt(v_hat) = 1): the update
   at count k shows the schedule's lr, which the metrics rows' "lr" must equal."""
   import jax.numpy as jnp
-  from core.train import learning_rate, make_optimizer
+  from core.state import learning_rate, make_optimizer
   from core.config import OptimConfig
   cfg = OptimConfig(lr=1e-3, warmup_steps=3, grad_clip=0.0)
   opt = make_optimizer(cfg)
@@ -302,3 +302,15 @@ def test_reading_results_does_not_import_jax():
   r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                      cwd=os.path.join(os.path.dirname(__file__), ".."))
   assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_evaluation_stands_on_checkpoints_not_on_the_training_engine():
+  # Evaluating a checkpoint (core.evaluate, core.checkpoint.restore_ema) loads no training step
+  # or training loop: core.train is not imported (the data pipeline is: the reference
+  # statistics read real images through it).
+  import subprocess
+  import sys
+  code = ("import sys, core.evaluate, core.checkpoint, core.curve; "
+          "assert 'core.train' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__))))

@@ -8,7 +8,10 @@ import pytest
 
 from core import train as train_lib
 from core.experiment import resolve
-from core.train import NonFiniteLossError, Trainer, make_mesh, make_optimizer, train
+from core import checkpoint as ckpt_lib, state as state_lib
+from core.devices import make_mesh
+from core.state import make_optimizer
+from core.train import NonFiniteLossError, Trainer, train
 
 BASE = {"resolution": 16, "model": {"preset": "unet_tiny"},
         "data": {"source": "shapes", "size": 64},
@@ -83,7 +86,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     train(cfg, str(tmp_path))
   monkeypatch.setattr(train_lib, "diffusion_loss", real)
   tr = Trainer(cfg)
-  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg), tr)
+  state, _ = ckpt_lib.restore_latest(ckpt_lib.checkpoint_manager(str(tmp_path), cfg), tr)
   assert int(state.step) == 2
   assert all(np.isfinite(x).all() for x in _leaves(state.params))
   # No checkpoint yet: the message must not promise one.
@@ -112,7 +115,7 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
       with open(os.path.join(root, f), "wb") as fh:
         fh.write(b"garbage")
   msgs = []
-  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg),
+  state, _ = ckpt_lib.restore_latest(ckpt_lib.checkpoint_manager(str(tmp_path), cfg),
                                       Trainer(cfg), log=msgs.append)
   assert int(state.step) == 2
   assert any("step 4 is unreadable" in m for m in msgs)
@@ -122,7 +125,7 @@ def test_unreadable_newest_checkpoint_falls_back(tmp_path):
       os.path.join(r, f) for r, _, fs in os.walk(tmp_path / "ckpt" / kept[0]) for f in fs),
       "rb").read() == b"garbage"
   assert int(train(cfg, str(tmp_path)).state.step) == 4
-  state, _ = train_lib.restore_latest(train_lib.checkpoint_manager(str(tmp_path), cfg),
+  state, _ = ckpt_lib.restore_latest(ckpt_lib.checkpoint_manager(str(tmp_path), cfg),
                                       Trainer(cfg))
   assert int(state.step) == 4
 
@@ -137,16 +140,16 @@ def test_optimizer_warmup_and_clipping():
   assert float(jnp.abs(u["w"]).max()) == 0.0  # step 0 of the warm-up has lr 0
   u, s = opt.update({"w": jnp.array([100.0, 0.0, 0.0])}, s, p)
   np.testing.assert_allclose(float(-u["w"][0]), 0.1, rtol=1e-3)  # lr 1/10, Adam step of 1
-  assert train_lib.learning_rate(cfg, 5) == 0.5 and train_lib.learning_rate(cfg, 50) == 1.0
+  assert state_lib.learning_rate(cfg, 5) == 0.5 and state_lib.learning_rate(cfg, 50) == 1.0
 
 
 def test_ema_decay_warmup():
   cfg = _cfg(optim__ema_decay=0.999).optim
-  assert train_lib.ema_decay(cfg, 0) == 0.999               # off: the constant, as the paper
+  assert state_lib.ema_decay(cfg, 0) == 0.999               # off: the constant, as the paper
   warm = _cfg(optim__ema_decay=0.999, optim__ema_warmup=True).optim
-  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 0)), 0.1, rtol=1e-6)
-  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 90)), 91 / 100, rtol=1e-6)
-  np.testing.assert_allclose(float(train_lib.ema_decay(warm, 10**6)), 0.999, rtol=1e-6)
+  np.testing.assert_allclose(float(state_lib.ema_decay(warm, 0)), 0.1, rtol=1e-6)
+  np.testing.assert_allclose(float(state_lib.ema_decay(warm, 90)), 91 / 100, rtol=1e-6)
+  np.testing.assert_allclose(float(state_lib.ema_decay(warm, 10**6)), 0.999, rtol=1e-6)
 
 
 def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
