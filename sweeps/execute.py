@@ -96,9 +96,17 @@ def _owned(rd: str, distributed: bool):
   return contextlib.nullcontext() if distributed else DirLock(rd)
 
 
+def execution_order(runs: list[RunSpec]) -> list[RunSpec]:
+  """Seed by seed, arms in the file's order within a seed: a study stopped part way (a session's
+  end, a kill) leaves whole seeds of every arm, which pair, rather than all seeds of the first
+  arms."""
+  return sorted(runs, key=lambda r: r.seed)
+
+
 def run_all(runs: list[RunSpec], sdir: str, progress: bool = True,
             reevaluate: bool = False) -> int:
-  """Runs (or skips, when finished) each run in order; returns the number that failed.
+  """Runs (or skips, when finished) each run in execution_order; returns the number that
+  failed.
   reevaluate: finished runs are evaluated again from their checkpoints (a new eval.json and
   samples.png; nothing is trained).
 
@@ -106,6 +114,7 @@ def run_all(runs: list[RunSpec], sdir: str, progress: bool = True,
   same command started twice, two sweeps on one results folder) is skipped, never written
   beside it."""
   failed, busy = 0, []
+  runs = execution_order(runs)
   for i, r in enumerate(runs):
     STOP.check()
     rd = os.path.join(sdir, r.run_id)

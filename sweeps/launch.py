@@ -47,7 +47,8 @@ def launch(name: str, launcher_args: list[str], sdir: str, file: str, overrides:
   sdir = os.path.abspath(sdir)
   job = os.path.join(sdir, "launch.json")
   write_json_atomic(job, {"file": os.path.abspath(file), "overrides": list(overrides)})
-  keys = list(dict.fromkeys(r.train_key for r in pending))  # first-appearance order
+  from sweeps.execute import execution_order
+  keys = list(dict.fromkeys(r.train_key for r in execution_order(pending)))  # seed by seed
   cmd = [sys.executable, "-m", "sweeps.launch", "--multirun", f"hydra/launcher={name}",
          f"job={job}", f"train_key={','.join(keys)}",
          f"hydra.sweep.dir={os.path.join(sdir, '_launcher')}", *launcher_args]

@@ -557,3 +557,13 @@ def test_sigterm_dropped_in_a_callback_is_not_reported_twice(monkeypatch):
     Raises(ValueError("other"))
     assert reported == [ValueError]
   assert not STOP.is_set()
+
+
+def test_runs_execute_seed_by_seed_in_the_files_arm_order():
+  # A study stopped part way keeps whole seeds of every arm (pairs), not every seed of a few arms.
+  from sweeps.execute import execution_order
+  _, runs = expand(os.path.join(ROOT, "ablations/noise_shift.yaml"), "smoke", seeds=2)
+  order = execution_order(runs)
+  assert [r.seed for r in order] == [0] * 9 + [1] * 9
+  assert [r.arm for r in order[:9]] == [r.arm for r in runs if r.seed == 0] == \
+      [r.arm for r in order[9:]]
