@@ -26,6 +26,7 @@ import scipy.stats
 from analysis.speed import percent_of, speed_references
 from core.runio import read_json, read_jsonl, run_state
 
+# The eval.json keys read here (core.eval_record names them all: tests/test_house.py checks)
 EVAL_KEYS = ("fid_train", "fid_eval", "kid_train", "kid_train_std", "kid_eval", "kid_eval_std",
              "is_mean", "is_std", "num_samples", "params", "train_img_per_s", "train_time_s",
              "eval_time_s", "steps", "guidance_scale", "sfid_eval", "resolution", "bpd_eval",

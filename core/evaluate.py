@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from core import bound
-from core import memorisation, oracle as oracle_lib
+from core import eval_record, memorisation, oracle as oracle_lib
 from core.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.features import inception_extractor
@@ -502,7 +502,9 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
                                 reads if is_main else os.devnull))
   figures.update(created=stamp, overrides=overrides,
                  settings={k: to_dict(getattr(cfg, k)) for k in EVAL_SECTIONS},
-                 model_dirs=[os.path.relpath(d, run_dir) for d in dirs])
+                 model_dirs=[os.path.relpath(d, run_dir) for d in dirs],
+                 schema=eval_record.VERSION)
+  eval_record.check(figures, path)   # the layout's one definition, before anything is written
   if is_main:
     write_json_atomic(path, figures)
   return path

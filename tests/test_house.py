@@ -314,3 +314,21 @@ def test_evaluation_stands_on_checkpoints_not_on_the_training_engine():
           "assert 'core.train' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
       os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_eval_json_has_one_layout_that_writer_and_readers_share():
+  # core.eval_record is eval.json's one definition: a record with a key it does not name (a
+  # renamed key) or without a required one is refused, and every key analysis reads is in it.
+  from analysis import results
+  from core import eval_record
+  rec = {k: None for k in eval_record.REQUIRED}
+  eval_record.check(rec)
+  for bad in ({**rec, "fid_eval_renamed": 1.0}, {k: v for k, v in rec.items() if k != "fid_eval"},
+              {**rec, "oracle": {"class_accuracy": 0.5}}):
+    with pytest.raises(ValueError, match="eval.json: .*core/eval_record.py"):
+      eval_record.check(bad)
+  read = {*results.EVAL_KEYS, *results.FLOOR_METRICS, "content", "oracle", "floor", "schedule",
+          "sampler", "ema", "step", "settings", "num_samples"}
+  assert read <= set(eval_record.KEYS), read - set(eval_record.KEYS)
+  assert set(results.CONTENT_KEYS.values()) <= set(eval_record.CONTENT)
+  assert set(results.ORACLE_KEYS.values()) | {"num", "floor"} <= set(eval_record.ORACLE)
