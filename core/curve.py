@@ -86,17 +86,16 @@ class CurveHook:
              f"({row['seconds']:.0f} s)")
 
   def _fid(self, images: np.ndarray, rows: np.ndarray) -> float:
-    """FID eval of the samples at the content resolution, as core.evaluate's @content figure
-    (the same reference statistics; core.evaluate is not imported: it imports the engine)."""
+    """FID eval of the samples at the content resolution: core.evaluate's @content figure,
+    through the same function (core.evaluate reads checkpoints, not the engine)."""
+    from core.evaluate import content_figures
     from core.features import inception_extractor
-    from core.fid import fid_features_vs_stats
-    from core.reference import box_downsample, reference_figures
+    from core.reference import box_downsample
     if self.inception is None:
       self.inception = inception_extractor(self.cfg.eval.inception_weights)
     at = self.oracle.resolution
     feats = gather_rows(self.inception(box_downsample(images, at))["pool"], rows)
-    ref = reference_figures(self.cfg, self.cfg.data.eval_split, self.inception, False, at=at)
-    return float(fid_features_vs_stats(feats, ref))
+    return float(content_figures(self.cfg, feats, self.inception, at, False)["fid_eval"])
 
   def _write(self, row: dict) -> None:
     """Appends the row, first dropping rows of this step or later (a resumed run's repeats)."""
