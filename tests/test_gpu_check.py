@@ -1,7 +1,11 @@
 """scripts/gpu_check.py runs here at tiny sizes, so that it works the day a GPU is lent."""
 import json
 
+import pytest
 
+
+# Slow (32 s): the script is for a lent GPU; `python -m pytest -m slow` keeps it runnable here.
+@pytest.mark.slow
 def test_gpu_check_runs_tiny_on_cpu_and_reports_shares_of_its_peak(tmp_path, capsys):
   from scripts import gpu_check
   out = tmp_path / "check.json"

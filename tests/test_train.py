@@ -152,6 +152,9 @@ def test_ema_decay_warmup():
   np.testing.assert_allclose(float(state_lib.ema_decay(warm, 10**6)), 0.999, rtol=1e-6)
 
 
+# Slow (48 s): the default run keeps jax.distributed through test_eval_sharding's two-process
+# evaluation and the sharded step's parity through test_same_global_batch_on_8_devices_*.
+@pytest.mark.slow
 def test_two_processes_joined_by_jax_distributed_equal_one_device(tmp_path):
   """Two processes of 4 devices each on localhost (the multi-host path of TPU VMs and SLURM)."""
   import socket
@@ -228,7 +231,6 @@ def test_arms_that_differ_only_in_the_schedule_are_one_program():
   from core.generate import make_sampler
   mesh = make_mesh(jax.devices()[:1])
   cfgs = [_cfg(sampler__steps=2, schedule__name="cosine"),
-          _cfg(sampler__steps=2, schedule__name="shifted", schedule__noise_d=4),
           _cfg(sampler__steps=2, schedule__name="interpolated", schedule__noise_d_low=4,
                schedule__noise_d_high=32),
           _cfg(sampler__steps=2, schedule__name="shifted", schedule__noise_d=4,
@@ -240,5 +242,5 @@ def test_arms_that_differ_only_in_the_schedule_are_one_program():
     params = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tr.abstract_state.params)
     draw = make_sampler(tr, params, cfg, 8, mesh=mesh)
     samplers.append(draw.lower(jax.random.key(0), np.zeros(8, np.int32)).as_text())
-  assert steps[0] == steps[1] == steps[2] != steps[3]
-  assert samplers[0] == samplers[1] == samplers[2] != samplers[3]
+  assert steps[0] == steps[1] != steps[2]
+  assert samplers[0] == samplers[1] != samplers[2]
