@@ -331,6 +331,9 @@ def test_killed_sweep_completes_on_rerun_with_each_result_once(tmp_path):
   assert len(os.listdir(tmp_path / "r" / "_models")) == 2
 
 
+# Slow (34 s): --launcher is the optional Hydra path; the default run covers run_one, which
+# each launcher job calls (test_every_ablation_file_end_to_end_at_smoke).
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib"])
 def test_runs_go_through_a_hydra_launcher_plugin(tmp_path, launcher):
   """One Hydra job per trained model, in parallel processes; results land as in-process."""
