@@ -34,7 +34,7 @@ def pytest_unconfigure(config):
 # memorising test: its mutation tests reuse its trained model where they run beside it.)
 _LONGEST = ("test_cascade_sweep_end_to_end_at_smoke", "test_evaluate_a_finished_run_without_retraining",
             "test_sweep_report_rows_reference_files_and_tables",
-            "test_two_processes_evaluate_as_one", "test_killed_sweep_completes_on_rerun_with_each_result_once",
+            "test_killed_sweep_completes_on_rerun_with_each_result_once",
             "test_a_run_another_process_holds_is_skipped_untouched_then_done_on_rerun",
             "test_nan_loss_stops_and_keeps_last_good_checkpoint")
 

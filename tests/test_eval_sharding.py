@@ -86,6 +86,9 @@ def test_fid_and_kid_on_8_devices_equal_1_device(weights, tmp_path, monkeypatch)
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-6, atol=1e-9, err_msg=k)
 
 
+# Slow (73 s, two JAX processes): with the two-process training test, `python -m pytest -m
+# slow` runs the multi-host path; the default run keeps the 8-device sharded evaluation's parity.
+@pytest.mark.slow
 def test_two_processes_evaluate_as_one(weights, tmp_path):
   """Two processes of 4 devices each, joined by jax.distributed on localhost: each draws and
   extracts its half of every batch, the features are gathered, only process 0 writes."""
