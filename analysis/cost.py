@@ -70,7 +70,7 @@ def abstract_step_args(trainer, batch_size: int):
                        trainer.state_sharding)
   cfg = trainer.cfg
   r, c = cfg.resolution, cfg.model.in_channels
-  # What core.pipeline batches hold: float32 images in [-1, 1] and int32 labels.
+  # What core.data.pipeline batches hold: float32 images in [-1, 1] and int32 labels.
   batch = {"image": sds((batch_size, r, r, c), jnp.float32, sharding=trainer.batch_sharding),
            "label": sds((batch_size,), jnp.int32, sharding=trainer.batch_sharding)}
   key = jax.eval_shape(lambda: jax.random.key(0))
@@ -161,7 +161,7 @@ def step_cost(cfg, opts: CostOptions = CostOptions(), mesh=None,
 def arm_cost(cfg, opts: CostOptions = CostOptions(), mesh=None, log=lambda s: None) -> dict:
   """step_cost of a run's config; a cascade (cascade.stages) sums its stages per image
   (every stage trains on the same number of images at the same batch)."""
-  from core.cdm import stage_configs
+  from core.diffusion.cdm import stage_configs
   configs = stage_configs(cfg)
   if len(configs) == 1:
     return step_cost(cfg, opts, mesh, log)
@@ -194,7 +194,7 @@ def forward_flops(cfg) -> float:
 
 def sampling_passes(cfg) -> int:
   """Network evaluations per sampler step and image: guidance batches a conditional and an
-  unconditional pass at every step (core.samplers.guided_output)."""
+  unconditional pass at every step (core.diffusion.samplers.guided_output)."""
   guided = cfg.sampler.guidance_scale != 1.0 and cfg.model.num_classes > 0
   return 2 if guided else 1
 
@@ -203,7 +203,7 @@ def eval_cost(cfg, forward: Optional[dict] = None) -> dict:
   """FLOPs of one run's evaluation: samples x sampler steps x passes x forward FLOPs, each
   stage of a cascade with its own sampler (Inception, about 11 GFLOP an image, left out: it
   is below 1% of sampling for every model here). `forward` caches forward_flops per config."""
-  from core.cdm import stage_configs
+  from core.diffusion.cdm import stage_configs
   forward = {} if forward is None else forward
   n = cfg.eval.num_samples if cfg.eval.fid else cfg.eval.grid_size
   total = 0.0
@@ -293,7 +293,7 @@ def sweep_cost(path: str, tier: str = "paper", overrides: Optional[dict] = None,
 
 
 def _stages(cfg):
-  from core.cdm import stage_configs
+  from core.diffusion.cdm import stage_configs
   return stage_configs(cfg)
 
 

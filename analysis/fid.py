@@ -8,7 +8,7 @@ A path is an image folder (recursive, jpg/png), an .npz of uint8 NHWC images (ke
 'arr_0'), or a statistics .npz (mu, sigma[, count][, mu_s, sigma_s]; an ADM evaluator reference
 batch is one). Prints `FID: x`, then `sFID: x` (the ADM evaluator's spatial FID) where both
 sides have spatial statistics or images (--save-stats keeps them); with --kid then
-`KID: mean ± std` (core.fid.kid_from_features over the pool_3 features, unscaled; needs images
+`KID: mean ± std` (core.metrics.fid.kid_from_features over the pool_3 features, unscaled; needs images
 on both sides, since a statistics .npz holds no features); with --is `IS: mean +- std` of PATH_A
 (10 splits; needs weights with logits). Exit code 2 on bad input.
 """
@@ -24,11 +24,11 @@ from typing import Iterator
 
 import numpy as np
 
-from core import fid as F
-from core.features import extract_features
-from core.images import IMAGE_EXTS, ImageModeError, image_files, to_rgb8
-from core.reference import load_stats, save_stats
-from core.sources import subset
+from core.metrics import fid as F
+from core.metrics.features import extract_features
+from core.data.images import IMAGE_EXTS, ImageModeError, image_files, to_rgb8
+from core.metrics.reference import load_stats, save_stats
+from core.data.sources import subset
 
 
 def _parser():
@@ -56,7 +56,7 @@ def _parser():
 
 
 def list_images(folder) -> list[Path]:
-  """Image files under folder (recursive), sorted by relative path: core.images.image_files,
+  """Image files under folder (recursive), sorted by relative path: core.data.images.image_files,
   the folder source's reader."""
   return [Path(folder) / f for f in image_files(str(folder), recursive=True)]
 
@@ -106,7 +106,7 @@ def _as_uint8_nhwc(images, where: str) -> np.ndarray:
 
 def load_npz(path) -> dict:
   """An .npz of images ('images' or 'arr_0', uint8 NHWC) -> {'images'}; of statistics ->
-  core.reference.load_stats's dict (an ADM evaluator reference batch is statistics)."""
+  core.metrics.reference.load_stats's dict (an ADM evaluator reference batch is statistics)."""
   path = Path(path)
   with np.load(path) as z:
     keys = set(z.files)
@@ -252,8 +252,8 @@ def main(argv=None) -> int:
   if any(s is not None and s.stats is None for s in sources):
     from core.devices import setup
     setup()
-    from core.features import InceptionExtractor
-    from core.inception_weights import InceptionWeightsNotFound, load_inception_params
+    from core.metrics.features import InceptionExtractor
+    from core.metrics.inception_weights import InceptionWeightsNotFound, load_inception_params
     try:
       extractor = InceptionExtractor(args.weights, need_logits=args.inception_score,
                                      batch_size=args.batch_size, verbose=not args.quiet,

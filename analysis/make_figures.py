@@ -97,7 +97,7 @@ def save(fig: Figure, out_dir: str, name: str) -> list[str]:
 def schedule_curves(resolution: int = 512, noise_ds: Sequence[int] = (256, 128, 64, 32),
                     interp: tuple[int, int] = (32, 256), n: int = 401) -> dict:
   """{"t", "cosine", "shift <d>" for d in noise_ds, "interpolated <lo>-<hi>"} as numpy."""
-  from core.schedules import logsnr_cosine, logsnr_interpolated, logsnr_shifted
+  from core.diffusion.schedules import logsnr_cosine, logsnr_interpolated, logsnr_shifted
   t = np.linspace(0.0, 1.0, n)
   out = {"t": t, "cosine": np.asarray(logsnr_cosine(t))}
   for d in noise_ds:
@@ -141,10 +141,10 @@ def schedule_figure(resolution: int = 512, noise_ds: Sequence[int] = (256, 128, 
 def noise_image(resolution: int = 512) -> np.ndarray:
   """A deterministic test image in [-1, 1], (res, res, 3): a shapes scene, or a numpy pattern."""
   try:
-    from core import shapes
+    from core.data import shapes
     img = shapes.ShapesSource(max(SHAPES_INDEX + 1, 8), resolution, "train")[SHAPES_INDEX]["image"]
     return img.astype(np.float32) / 127.5 - 1.0
-  except Exception:  # core.shapes absent or changed: a smooth pattern with a hard-edged disc
+  except Exception:  # core.data.shapes absent or changed: a smooth pattern with a hard-edged disc
     y, x = np.mgrid[0:resolution, 0:resolution].astype(np.float32) / resolution
     r = np.hypot(x - 0.55, y - 0.45)
     img = np.stack([0.8 * x - 0.4, 0.5 * np.cos(6 * np.pi * y) * (1 - x), 0.6 - y], -1)
@@ -167,8 +167,8 @@ def noise_signal(x: np.ndarray, ts: Sequence[float] = NOISE_TS, noise_d: int = 6
   pool_to x pool_to: how much of the image's low-frequency content survives at that t
   (the paper's argument: at high resolution the cosine schedule leaves it largely intact).
   """
-  from core.diffusion import q_sample
-  from core.schedules import logsnr_cosine, logsnr_shifted
+  from core.diffusion.process import q_sample
+  from core.diffusion.schedules import logsnr_cosine, logsnr_shifted
   res = x.shape[0]
   eps = np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
   xp = _pool(x, pool_to).ravel()
@@ -548,15 +548,15 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
 
 def weighting_lines(sweep: Sweep) -> list[dict]:
   """Per (group, arm), from its first run's config.yaml: the eps-space weighting of its
-  objective over logSNR (core.diffusion.objective_weighting: loss weight x schedule density),
+  objective over logSNR (core.diffusion.process.objective_weighting: loss weight x schedule density),
   on the axis of the content's logSNR (logsnr + 2 ln(resolution / content resolution): what
   an s x s block mean of upsampled content sees). Empty unless the arms differ in schedule,
   loss or prediction."""
   import yaml
   from core.config import ExperimentConfig, from_dict
-  from core.diffusion import objective_weighting
-  from core.schedules import make_schedule
-  from core.sources import content_resolution
+  from core.diffusion.process import objective_weighting
+  from core.diffusion.schedules import make_schedule
+  from core.data.sources import content_resolution
   seen, out, kinds = set(), [], set()
   for _, r in sweep.runs.iterrows():
     p = os.path.join(r["dir"], "config.yaml")
@@ -748,7 +748,7 @@ def scene_figure(sweep: Sweep) -> Optional[Figure]:
 def _read_image(path: str, max_side: int = 768) -> Optional[np.ndarray]:
   try:
     from PIL import Image
-    from core.images import to_rgb8
+    from core.data.images import to_rgb8
     with Image.open(path) as im:
       im = to_rgb8(im)
       if max(im.size) > max_side:   # paper-tier grids are huge; a figure cell needs little

@@ -55,9 +55,9 @@ CELLS = (("FID train", "fid_train", 1.0), ("FID eval", "fid_eval", 1.0),
 SFID_COLUMN = "sFID eval"   # after KID eval, only where some run reports it (older runs do not)
 # after those, only where some run's data were made at a lower content resolution
 CONTENT_COLUMNS = ("FID eval @content", "KID eval @content ×10³")
-# after those, only where some run reports the oracle (core.oracle: procedural data)
+# after those, only where some run reports the oracle (core.metrics.oracle: procedural data)
 ORACLE_COLUMNS = ("class acc %", "oracle FD")
-# before IS, only where some run reports the variational bound (core.bound); no floor
+# before IS, only where some run reports the variational bound (core.diffusion.bound); no floor
 BPD_COLUMN = "bits/dim eval"
 FLOOR_STATE = "real data"
 FLOOR_COUNTS = ("floor_num", "floor_resolution", "floor_runs", "floor_distinct")
@@ -386,7 +386,7 @@ def oracle_note(sweep: Sweep) -> str:
   half = f"±{196 * math.sqrt(0.25 / nums[0]):.1f} points" if nums else "?"
   acc = "/".join(f"{h:.1f}%" for h in sorted(held)) or "?"
   at = "/".join(f"{r} px" for r in sorted(r for r in res if r)) or "?"
-  return (f"class acc and oracle FD: this toolkit's metrics, not the paper's (core.oracle). An "
+  return (f"class acc and oracle FD: this toolkit's metrics, not the paper's (core.metrics.oracle). An "
           f"oracle network trained on real renders of the procedural data reads each sample "
           f"box-downsampled to {at}: class acc is how often the kind it reads is the class the "
           f"sample was asked for (the floor row: real images of the eval split read alike, the "
@@ -442,7 +442,7 @@ def to_markdown(t: Table) -> str:
                              for c in cols) + "|"]
     lines += ["| " + " | ".join(_md_cell(r[c]) for c in cols) + " |" for _, r in p.iterrows()]
     lines += ["", "- Paired: the runs of one seed draw from the same noise and labels (common "
-              "random numbers, core.generate.sample_key), so each seed gives one difference; "
+              "random numbers, core.engine.generate.sample_key), so each seed gives one difference; "
               "± is the 95% t half-width over those differences. An interval that excludes 0 "
               "is a difference the seeds agree on; the unpaired means and their intervals are "
               "in the table above."]

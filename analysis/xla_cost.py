@@ -5,6 +5,7 @@ matmul ceiling measured on this machine. analysis.cost applies them to training 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 import numpy as np

@@ -29,7 +29,7 @@ class ScheduleConfig:
 class LossConfig:
   name: str = "eps_mse"           # eps_mse (paper, weight 1) | v_mse (U-ViT config [?]) | x_mse |
                                   # sigmoid (SiD2: Kingma-Gao weight sigmoid(b - logsnr) on the
-                                  # ELBO integrand); each is a weight on the x error (core.diffusion)
+                                  # ELBO integrand); each is a weight on the x error (core.diffusion.process)
   weight_cap: float = 0.0         # > 0: that weight capped at this value (eps_mse with cap gamma
                                   # is Min-SNR-gamma, Hang et al. 2023); 0: no cap
   sigmoid_bias: float = 0.0       # SiD2 bias b: 0 at 128, -1 at 256, -3 at 512 [?]
@@ -89,7 +89,7 @@ class SamplerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CondConfig:
-  """Conditioning task of the model (core.conditioning.TASKS) and CDM's training-time
+  """Conditioning task of the model (core.diffusion.conditioning.TASKS) and CDM's training-time
   conditioning augmentation (docs/paper.md §4.2). s is a time in [0, 1] of the run's noise
   schedule at low_resolution, i.e. of the lower stage's forward process."""
   task: str = "none"              # none | super_res
@@ -106,12 +106,12 @@ class CondConfig:
 @dataclasses.dataclass(frozen=True)
 class CascadeConfig:
   """A run sampled through a cascade (docs/paper.md §4): the lower stages are trained as runs of
-  their own (core.cdm.stage_configs, by sweeps.run); this config's model is the last stage."""
+  their own (core.diffusion.cdm.stage_configs, by sweeps.run); this config's model is the last stage."""
   stages: tuple[int, ...] = ()    # resolutions of the lower stages, base first; () = single stage
   base_preset: str = ""           # model preset of the base stage ("": this run's model)
   base_steps: int = 0             # training steps of the base stage (0: train.steps)
   augment: tuple[str, ...] = ()   # per super-resolution stage, lowest first: noise | blur |
-                                  # noise+blur (core.cdm.AUGMENTATIONS); (): each as cond.* says
+                                  # noise+blur (core.diffusion.cdm.AUGMENTATIONS); (): each as cond.* says
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +127,7 @@ class DataConfig:
   # it) and upsampled to the training resolution with `upsample`, so that every resolution
   # carries the same content. 0: made at the training resolution.
   content_resolution: int = 0
-  upsample: str = "bicubic"       # nearest | bilinear | bicubic | lanczos (core.images)
+  upsample: str = "bicubic"       # nearest | bilinear | bicubic | lanczos (core.data.images)
   random_flip: bool = True
   shuffle_seed: int = 0
   skip_corrupt: bool = False      # False: a file that cannot be decoded stops the run
@@ -150,7 +150,7 @@ class OptimConfig:
   # steps. The paper's 0.9999 over millions of steps needs none (default off); the cpu tier's
   # runs do.
   ema_warmup: bool = False
-  # Post-hoc EMA (EDM2, Karras et al. 2024; core.phema): power-function EMA profiles of these
+  # Post-hoc EMA (EDM2, Karras et al. 2024; core.engine.phema): power-function EMA profiles of these
   # sigma_rel are tracked beside ema_params (which stays as it is) and snapshotted every
   # phema_every steps and at the last into <model dir>/phema/, so that evaluation can
   # reconstruct any EMA length (ema.sigma_rel). Off at every tier: optim.phema=true turns it
@@ -183,7 +183,7 @@ class TrainConfig:
   num_processes: int = 0
   process_id: int = -1
   progress: bool = True
-  log_to: tuple[str, ...] = ()    # metrics also to tensorboard | wandb (core.metrics)
+  log_to: tuple[str, ...] = ()    # metrics also to tensorboard | wandb (core.engine.log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +197,7 @@ class EvalConfig:
   grid_size: int = 64             # images in the PNG sample grid
   ref_num: int = 0                # images of each reference split (0: the split, at most 50k)
   seed: int = 0                   # sampling seed (labels and noise)
-  # The variational bound in bits/dim (VDM; core.bound) on held-out images of each split, under
+  # The variational bound in bits/dim (VDM; core.diffusion.bound) on held-out images of each split, under
   # one fixed evaluation schedule between fixed end points whatever the run was trained with,
   # so that it scores every arm of a sweep alike; class-conditional models get the images'
   # true labels. [?] Unstated (docs/paper.md N7): the end points are a reading. -12 and 10 lie
@@ -213,10 +213,10 @@ class EvalConfig:
   bound_times: int = 8            # times per image (a randomly shifted lattice)
   bound_logsnr_min: float = -12.0
   bound_logsnr_max: float = 10.0
-  bound_schedule: str = "linear"  # where the times fall between the end points (core.bound
+  bound_schedule: str = "linear"  # where the times fall between the end points (core.diffusion.bound
                                   # EVAL_SCHEDULES): linear in logSNR | cosine; the bound does
                                   # not depend on it, its standard error does
-  # The oracle (core.oracle; this toolkit's metrics beside the paper's FID and IS) where the
+  # The oracle (core.metrics.oracle; this toolkit's metrics beside the paper's FID and IS) where the
   # data are procedural scenes (shapes, shapes_simple): the kind read back from class-
   # conditional samples against the label asked, a Fréchet distance in the oracle's features,
   # the scene parameters read back; samples read at the content resolution. On at the gpu and
@@ -225,8 +225,8 @@ class EvalConfig:
   oracle: bool = False
   oracle_num: int = 0             # samples it reads; 0: those Inception scores (eval.num_samples);
                                   # more are drawn after those, from a stream of their own
-  oracle_recipe: str = "default"  # core.oracle.RECIPES: default | quick (tests)
-  # Memorisation (core.memorisation): each sample's nearest training images at the content
+  oracle_recipe: str = "default"  # core.metrics.oracle.RECIPES: default | quick (tests)
+  # Memorisation (core.metrics.memorisation): each sample's nearest training images at the content
   # resolution (copy fraction, nearest-neighbour ratio to held-out images), in the record and
   # the learning curve; for small training sets (data.size) seen for many epochs.
   memorisation: bool = False
@@ -414,7 +414,7 @@ def check_values(cfg: ExperimentConfig) -> None:
     raise ConfigError(f"eval.bound_logsnr_min={e.bound_logsnr_min:g} must be below "
                       f"eval.bound_logsnr_max={e.bound_logsnr_max:g}")
   # a power-function profile is t^gamma, gamma >= 0: sigma_rel below 1/sqrt(12) = 0.2887
-  # (core.phema.exp_to_std(0))
+  # (core.engine.phema.exp_to_std(0))
   for key, values in (("ema.sigma_rel", [cfg.ema.sigma_rel] if cfg.ema.sigma_rel else []),
                       ("optim.phema_sigma_rels", list(cfg.optim.phema_sigma_rels))):
     for v in values:

@@ -2,10 +2,10 @@
 another rather than only where each stopped.
 
 With eval.every = N, every N training steps (and at the last) eval.curve_num samples of the
-EMA parameters are drawn with the evaluation's own keys (core.generate.sample_key, stream 0:
+EMA parameters are drawn with the evaluation's own keys (core.engine.generate.sample_key, stream 0:
 every point and every arm of a seed read the same noise and labels) and read by the oracle
-(core.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor; with
-eval.memorisation, core.memorisation's copy fraction and nearest-neighbour ratio), with
+(core.metrics.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor; with
+eval.memorisation, core.metrics.memorisation's copy fraction and nearest-neighbour ratio), with
 FID eval @content at the points whose step is a multiple of eval.curve_fid_every (Inception:
 about 15 images/s on 2 cores). Rows go
 to <model dir>/curve.jsonl, one per step; a resumed run writes its steps again over any rows
@@ -20,9 +20,9 @@ from typing import Optional
 
 import numpy as np
 
-from core import memorisation, oracle as oracle_lib
+from core.metrics import memorisation, oracle as oracle_lib
 from core.config import ExperimentConfig
-from core.generate import gather_rows, generate, make_sampler
+from core.engine.generate import gather_rows, generate, make_sampler
 from core.runio import append_jsonl, read_jsonl, write_text_atomic
 
 CURVE_FILE = "curve.jsonl"
@@ -72,8 +72,8 @@ class CurveHook:
            **{f"{k}_mean": v["mean"] for k, v in s["params"].items()}}
     if with_fid:
       row["fid_content"] = self._fid(np.concatenate(images), rows)
-    if e.memorisation:   # how near the samples are to the training images (core.memorisation)
-      from core.reference import box_downsample
+    if e.memorisation:   # how near the samples are to the training images (core.metrics.memorisation)
+      from core.metrics.reference import box_downsample
       at = self.oracle.resolution
       m = memorisation.run_scores(cfg, gather_rows(box_downsample(np.concatenate(images), at),
                                                    rows), at)
@@ -89,8 +89,8 @@ class CurveHook:
     """FID eval of the samples at the content resolution: core.evaluate's @content figure,
     through the same function (core.evaluate reads checkpoints, not the engine)."""
     from core.evaluate import content_figures
-    from core.features import inception_extractor
-    from core.reference import box_downsample
+    from core.metrics.features import inception_extractor
+    from core.metrics.reference import box_downsample
     if self.inception is None:
       self.inception = inception_extractor(self.cfg.eval.inception_weights)
     at = self.oracle.resolution

@@ -23,7 +23,7 @@ SCORES = {
     "recall_eval": "recall, eval",
     "is_mean": "Inception Score", "is_std": "its std over splits",
 }
-# The variational bound in bits/dim (core.bound); null where eval.bound is off.
+# The variational bound in bits/dim (core.diffusion.bound); null where eval.bound is off.
 BOUND = {
     "bpd_eval": "bits/dim on held-out images", "bpd_eval_se": "its standard error",
     "bpd_train": "bits/dim on training images", "bpd_train_se": "its standard error",
@@ -46,8 +46,8 @@ OTHER = {
     "ref_num": "images behind each split's reference statistics",
     "content": "FID/KID at the data's content resolution: " + ", ".join(
         ("resolution", "fid_eval", "kid_eval", "kid_eval_std", "floor")),
-    "oracle": "the procedural data's oracle (core.oracle.run_scores); null without one",
-    "memorisation": "nearest training images (core.memorisation); null unless asked",
+    "oracle": "the procedural data's oracle (core.metrics.oracle.run_scores); null without one",
+    "memorisation": "nearest training images (core.metrics.memorisation); null unless asked",
     "bound": "the bound's terms, schedule and image counts, or why it was skipped",
     "cond_s": "a super-resolution stage's sampling augmentation level",
     "stages": "a cascade's stage resolutions, base first",

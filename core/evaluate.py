@@ -5,9 +5,9 @@
 
 `evaluate_dir` is the one path from a run directory to its figures: it reads the run's
 config.yaml, restores each stage's EMA parameters from its model directory
-(core.checkpoint.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
-of that length from the snapshots, core.phema), samples, scores, computes the variational
-bound in bits/dim on held-out images (core.bound) and writes the record. The sweep
+(core.engine.checkpoint.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
+of that length from the snapshots, core.engine.phema), samples, scores, computes the variational
+bound in bits/dim on held-out images (core.diffusion.bound) and writes the record. The sweep
 (sweeps.execute) calls it for eval.json after training; the command calls it for a new record
 in evals/. FID "train" compares the samples with the training split's statistics, FID "eval"
 with the evaluation split's (docs/paper.md §3).
@@ -29,21 +29,22 @@ from typing import Callable, Optional
 import jax
 import numpy as np
 
-from core import bound
-from core import eval_record, memorisation, oracle as oracle_lib
-from core.cdm import stage_configs
+from core.diffusion import bound
+from core import eval_record
+from core.metrics import memorisation, oracle as oracle_lib
+from core.diffusion.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
-from core.features import inception_extractor
-from core.fid import floor_metrics, inception_score, sample_metrics
-from core.generate import (gather_rows, generate, local_rows, sampling_schedule_config,
-                           to_global)
-from core.images import save_grid
-from core.metrics import METRICS_FILE, combined_speed, run_speed
-from core.reference import box_downsample, reference_figures
+from core.metrics.features import inception_extractor
+from core.metrics.fid import floor_metrics, inception_score, sample_metrics
+from core.engine.generate import (gather_rows, generate, local_rows, sampling_schedule_config,
+                                  to_global)
+from core.data.images import save_grid
+from core.engine.log import METRICS_FILE, combined_speed, run_speed
+from core.metrics.reference import box_downsample, reference_figures
 from core.runio import read_json, read_jsonl, write_json_atomic
-from core.sources import content_resolution
-from core.checkpoint import TrainedModel, restore_ema
-from core.state import ema_sigma_rel
+from core.data.sources import content_resolution
+from core.engine.checkpoint import TrainedModel, restore_ema
+from core.engine.state import ema_sigma_rel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Evaluation:
   stages: tuple[Stage, ...]
   grid_path: str        # where the sample grid goes (os.devnull off process 0)
   progress: bool = True
-  reads_path: str = os.devnull   # the oracle's per-sample reading (core.oracle.save_reads)
+  reads_path: str = os.devnull   # the oracle's per-sample reading (core.metrics.oracle.save_reads)
   # the samples' features, drawn once for every RECORD function that reads them (drawn())
   memo: dict = dataclasses.field(default_factory=dict, compare=False)
 
@@ -83,7 +84,7 @@ def schedule_record(cfg: ExperimentConfig) -> dict:
 
 
 def training_speed(stages) -> Optional[float]:
-  """Training images per second of a run's stages (core.metrics: the median logged interval;
+  """Training images per second of a run's stages (core.engine.log: the median logged interval;
   a stage without logged speeds: its images over its training seconds; a cascade's stages
   combined as images per second of all their training)."""
   imgs = [s.model.cfg.train.steps * s.model.cfg.train.batch_size for s in stages]
@@ -118,7 +119,7 @@ def model_figures(ev: Evaluation) -> dict:
 
 
 def sampler_schedule_record(cfg: ExperimentConfig) -> dict:
-  """The schedule the sampler walked (core.generate.sampling_schedule), as schedule_record
+  """The schedule the sampler walked (core.engine.generate.sampling_schedule), as schedule_record
   gives the training one, with "trained": whether it is the training schedule."""
   sc = sampling_schedule_config(cfg)
   return {**schedule_record(dataclasses.replace(cfg, schedule=sc)),
@@ -181,7 +182,7 @@ def _draw(ev: Evaluation, ext, content: Optional[int], orc=None) -> dict:
         feats["logits"].append(o["logits"])
       if content is not None:
         feats["content"].append(ext(box_downsample(imgs, content))["pool"])
-    if cfg.eval.memorisation:   # the samples at the content resolution, for core.memorisation
+    if cfg.eval.memorisation:   # the samples at the content resolution, for core.metrics.memorisation
       at = content_resolution(cfg.data, cfg.resolution)
       feats.setdefault("content_images", []).append(
           box_downsample(imgs, at) if at < cfg.resolution else imgs)
@@ -255,7 +256,7 @@ def sample_figures(ev: Evaluation) -> dict:
 
 
 def oracle_figures(ev: Evaluation) -> dict:
-  """The oracle's figures (core.oracle.run_scores) on eval.oracle_num samples: the first
+  """The oracle's figures (core.metrics.oracle.run_scores) on eval.oracle_num samples: the first
   those Inception scored, and where oracle_num asks more, further samples of stream 1 (so
   that the paper's metrics keep their samples); None where the run has no oracle. Writes the
   per-sample reading to ev.reads_path."""
@@ -291,7 +292,7 @@ def oracle_figures(ev: Evaluation) -> dict:
 
 
 def memorisation_figures(ev: Evaluation) -> dict:
-  """How near the samples come to the training images (core.memorisation), where
+  """How near the samples come to the training images (core.metrics.memorisation), where
   eval.memorisation asks; None otherwise."""
   cfg = ev.cfg
   if not cfg.eval.memorisation:
@@ -306,12 +307,12 @@ _SPLIT_STREAM = {"eval": 0, "train": 1}   # the bound's randomness, one stream p
 
 def bound_program(model: TrainedModel, cfg: ExperimentConfig, batch: int):
   """The jitted bound of one batch over the mesh, (images uint8, labels, image indices, split)
-  -> per-image terms in nats (core.bound.bound_terms). Image i's times and noise come from
+  -> per-image terms in nats (core.diffusion.bound.bound_terms). Image i's times and noise come from
   fold_in(key of its split, i), so its terms do not depend on the batching."""
   import jax.numpy as jnp
   from jax.sharding import NamedSharding, PartitionSpec as P
   from core.devices import make_mesh
-  from core.diffusion import get_prediction
+  from core.diffusion.process import get_prediction
   e = cfg.eval
   mesh = make_mesh(batch=batch)
   rows, rep = NamedSharding(mesh, P("data")), NamedSharding(mesh, P())
@@ -344,7 +345,7 @@ def bound_terms_of_split(program, cfg: ExperimentConfig, split: str, stream: int
                          batch: int, progress: bool) -> dict:
   """The bound's per-image terms in nats on `num` images of `split` (those that reference
   statistics read), as float64 arrays."""
-  from core.pipeline import iterate_uint8
+  from core.data.pipeline import iterate_uint8
   out: dict = {}
   done = 0
   for images, labels in iterate_uint8(cfg.data, cfg.resolution, split, num, batch, progress,
@@ -361,7 +362,7 @@ def bound_terms_of_split(program, cfg: ExperimentConfig, split: str, stream: int
 
 
 def bound_figures(ev: Evaluation) -> dict:
-  """The variational bound in bits/dim (core.bound) on held-out images of the eval split and
+  """The variational bound in bits/dim (core.diffusion.bound) on held-out images of the eval split and
   on the train split: the mean over images and its standard error, with the terms and the
   evaluation schedule it was computed under. A cascade, or a model conditioned on more than
   its class, has no single model's bound: null."""
@@ -479,7 +480,7 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
   record=None: a new record run_dir/evals/<name>.json with its grid <name>.png, nothing else
   in run_dir touched (what the command writes). record="eval.json": the run's own record,
   with its grid samples.png (what the sweep writes, which the tables read). overrides:
-  eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.phema).
+  eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.engine.phema).
   """
   overrides = dict(overrides or {})
   cfg = eval_config(run_dir, overrides)

@@ -42,8 +42,8 @@ def resolve(d: dict[str, Any], runnable: bool = False) -> ExperimentConfig:
 def check_config(cfg: ExperimentConfig) -> None:
   """What the config alone decides: impossible values, unknown component names, cond and
   cascade against the model, metrics backends by name (each a ConfigError naming the key)."""
-  from core.conditioning import validate
-  from core.metrics import check_backends
+  from core.diffusion.conditioning import validate
+  from core.engine.log import check_backends
   check_values(cfg)
   check_names(cfg)
   validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
@@ -56,7 +56,7 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
   the data can be had. ConfigError names the key and the fix."""
   import importlib.util
   import os
-  from core.metrics import check_backends
+  from core.engine.log import check_backends
   from core.models import build_model
   build_model(cfg.model, cfg.resolution)
   check_backends(cfg.train.log_to)
@@ -77,12 +77,12 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
 def check_names(cfg: ExperimentConfig) -> None:
   """Components chosen by name exist (a ConfigError naming the key and the choices), so that a
   typo fails when the config is resolved rather than when training or sampling reaches it."""
-  from core.bound import EVAL_SCHEDULES
-  from core.diffusion import LOSSES, PREDICTIONS
-  from core.oracle import RECIPES
-  from core.samplers import SAMPLERS
-  from core.schedules import SCHEDULES
-  from core.sources import SOURCES, UPSAMPLE
+  from core.diffusion.bound import EVAL_SCHEDULES
+  from core.diffusion.process import LOSSES, PREDICTIONS
+  from core.metrics.oracle import RECIPES
+  from core.diffusion.samplers import SAMPLERS
+  from core.diffusion.schedules import SCHEDULES
+  from core.data.sources import SOURCES, UPSAMPLE
   for key, value, registry in (("schedule.name", cfg.schedule.name, SCHEDULES),
                                ("loss.name", cfg.loss.name, LOSSES),
                                ("model.prediction", cfg.model.prediction, PREDICTIONS),

@@ -3,7 +3,7 @@ an empty persistent compilation cache, as a sweep meets them.
 
     python -m scripts.benchmark_compile [ablations/noise_shift.yaml] [tier=cpu] [--group 256]
 
-Arms whose programs are equal (core.schedules: the schedule's numbers are an input) are served
+Arms whose programs are equal (core.diffusion.schedules: the schedule's numbers are an input) are served
 by the cache after the first; the printed seconds say how much of each arm's start that saves.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main() -> None:
   import jax
   import numpy as np
   from analysis.cost import abstract_step_args
-  from core.generate import make_sampler
+  from core.engine.generate import make_sampler
   from core.train import Trainer
   from sweeps.spec import expand
   _, runs = expand(a.file, a.tier.split("=", 1)[1])

@@ -3,11 +3,11 @@
     python -m scripts.benchmark_inception [--per-device 1,4,16,32] [--reps 3]
 
 For each batch per device and each compile variant (XLA's default, and without YNNPACK's
-fusions: core.features.CPU_COMPILER_OPTIONS), alternating so that a load that comes and goes
+fusions: core.metrics.features.CPU_COMPILER_OPTIONS), alternating so that a load that comes and goes
 falls on all of them: images/s, GFLOP/s (XLA's count of the network's FLOPs) and the share of
 the float32 matmul ceiling measured in the same run, and the largest difference of the pool_3
 features from the first variant's, relative to their largest value (must stay below 1e-5).
-The FID weights where they are installed (core.inception_weights), else random ones.
+The FID weights where they are installed (core.metrics.inception_weights), else random ones.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ def main(argv=None) -> int:
   from jax.sharding import NamedSharding, PartitionSpec as P
   from analysis.xla_cost import matmul_peak, traced_flops
   from core.devices import make_mesh
-  from core.features import CPU_COMPILER_OPTIONS
-  from core.inception import InceptionV3
-  from core.inception_weights import load_inception_params
+  from core.metrics.features import CPU_COMPILER_OPTIONS
+  from core.metrics.inception import InceptionV3
+  from core.metrics.inception_weights import load_inception_params
   net = InceptionV3(with_logits=False)
   try:
     params, source = load_inception_params(None, need_logits=False)

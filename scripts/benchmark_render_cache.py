@@ -4,7 +4,7 @@
 
 Each measurement is a child process running core.train (the engine's own loop, data pipeline
 and logging) on the cpu tier's two model settings of noise_shift.yaml, with
-$SIMPLEDIFF_SHAPES_CACHE=0 (rendered on the fly, as before) or 1 (core.sources.render_cached),
+$SIMPLEDIFF_SHAPES_CACHE=0 (rendered on the fly, as before) or 1 (core.data.sources.render_cached),
 alternating in pairs so that the machine's load falls on both alike. Speed is the mean of the
 logged img/s after the first log interval (compilation). The render is made before timing.
 """
@@ -62,7 +62,7 @@ def main() -> None:
   if a.child:
     return child(a.child, a.steps)
   from core.experiment import resolve
-  from core.sources import make_source, render_cached
+  from core.data.sources import make_source, render_cached
   for setting in SETTINGS:   # the render, made once before any timing
     cfg = resolve({**SETTINGS[setting], **COMMON})
     render_cached(make_source(cfg.data, cfg.resolution, "train"), progress=True)

@@ -39,9 +39,9 @@ def bench_full_step(preset: str, res: int, batch: int, steps: int) -> dict:
 
 def bench_grad_only(preset: str, res: int, batch: int, steps: int) -> dict:
   from core.config import LossConfig, ScheduleConfig
-  from core.diffusion import diffusion_loss
+  from core.diffusion.process import diffusion_loss
   from core.models import build_model, init_params, preset as get_preset
-  from core.schedules import make_schedule
+  from core.diffusion.schedules import make_schedule
   cfg = get_preset(preset)
   model = build_model(cfg, res)
   params = init_params(cfg, res, jax.random.key(0))

@@ -40,7 +40,7 @@ def child(quick: bool) -> dict:
   import jax
   import numpy as np
   from analysis.xla_cost import matmul_peak
-  from core import pipeline as data_lib
+  from core.data import pipeline as data_lib
   from core.config import replace
   from core.experiment import resolve
   from core.train import Trainer

@@ -45,7 +45,7 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
   import numpy as np
   from analysis.cost import forward_flops
   from core.config import replace
-  from core.generate import make_sampler
+  from core.engine.generate import make_sampler
   from core.train import Trainer
   cfg = replace(cfg, **{"sampler.steps": steps})
   tr = Trainer(cfg)
@@ -64,8 +64,8 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
 def inception_row(batch: int, reps: int, peak: float) -> dict:
   import jax
   import numpy as np
-  from core.features import InceptionExtractor
-  from core.inception import InceptionV3
+  from core.metrics.features import InceptionExtractor
+  from core.metrics.inception import InceptionV3
   net = InceptionV3(with_logits=False)
   x = np.zeros((1, 299, 299, 3), np.float32)
   params = jax.jit(lambda k: net.init(k, x))(jax.random.key(0))["params"]

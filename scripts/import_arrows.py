@@ -93,6 +93,26 @@ def cycles(g: dict[str, dict]) -> list[list[str]]:
   return out
 
 
+def folders(g: dict[str, dict], depth: int) -> dict[str, dict]:
+  """The graph with every module folded into its folder `depth` names deep (core.data.sources
+  -> core.data at depth 2; a module of a shallower folder keeps its name): a cycle here is two
+  folders importing each other though no two modules do."""
+  fold = lambda m: ".".join(m.split(".")[:depth])
+  out: dict[str, dict] = {}
+  for m, deps in g.items():
+    arrows = out.setdefault(fold(m), {})
+    for d, lazy in deps.items():
+      if fold(d) != fold(m):
+        arrows[fold(d)] = arrows.get(fold(d), True) and lazy
+  return out
+
+
+def all_cycles(g: dict[str, dict]) -> list[list[str]]:
+  """The cycles among modules, and among folders at every depth."""
+  depth = max(len(m.split(".")) for m in g)
+  return cycles(g) + [c for k in range(1, depth) for c in cycles(folders(g, k))]
+
+
 def main(packages: list[str]) -> None:
   fs = files(packages)
   for pkg in packages:
@@ -105,8 +125,8 @@ def main(packages: list[str]) -> None:
   print("import arrows (* = only inside functions):")
   for m, deps in g.items():
     print(f"  {m} -> {', '.join(d + ('*' if deps[d] else '') for d in sorted(deps)) or '-'}")
-  cyc = cycles(g)
-  print("import cycles: " + ("; ".join(" <-> ".join(c) for c in cyc) if cyc else "none"))
+  cyc = all_cycles(g)
+  print("import cycles (modules, then folders): " + ("; ".join(" <-> ".join(c) for c in cyc) if cyc else "none"))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Learning curve by wall time: train one config, evaluate FID and KID at given minutes.
 
 The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.md): it runs
-the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.pipeline,
-core.generate, core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
+the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.data.pipeline,
+core.engine.generate, core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
 
   python -m scripts.learning_curve CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
   python -m scripts.learning_curve CONFIG_JSON --steps 1500,3000   # marks in steps instead
@@ -39,13 +39,13 @@ def main(argv=None) -> int:
 
   import jax
   import numpy as np
-  from core import pipeline as data_lib
+  from core.data import pipeline as data_lib
   from core.evaluate import content_figures, scored_content
-  from core.features import inception_extractor
-  from core.fid import floor_metrics, sample_metrics
-  from core.generate import generate
-  from core.images import save_grid
-  from core.reference import box_downsample, reference_figures
+  from core.metrics.features import inception_extractor
+  from core.metrics.fid import floor_metrics, sample_metrics
+  from core.engine.generate import generate
+  from core.data.images import save_grid
+  from core.metrics.reference import box_downsample, reference_figures
   from core.experiment import resolve
   from core.train import Trainer
 

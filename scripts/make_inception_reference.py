@@ -19,7 +19,7 @@ What it stores (all deterministic, from numpy seed 0):
 
 With --pytorch-fid-check (needs `pip install --no-deps torchvision==0.28.0 pytorch-fid`), it also
 maps default_1's weights into pytorch-fid's FIDInceptionV3 by the torchvision names that
-core/inception_weights.py uses, checks the features agree (an independent check of that name mapping
+core/metrics/inception_weights.py uses, checks the features agree (an independent check of that name mapping
 and of pytorch-fid's architecture against the TorchScript port), and saves that state dict in
 the legacy torch.save format to /tmp/pt_inception_from_default_1.pth for a loader check.
 """
@@ -152,12 +152,12 @@ def _import_pytorch_fid():
 
 
 def _name_tables():
-  # The _TV_* tables of core/inception_weights.py, read without importing it (this venv has no jax).
+  # The _TV_* tables of core/metrics/inception_weights.py, read without importing it (this venv has no jax).
   import ast
   ns = {}
   for node in ast.parse((ROOT / "core" / "inception_weights.py").read_text()).body:
     if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "").startswith("_TV_"):
-      exec(compile(ast.Module([node], []), "core/inception_weights.py", "exec"), ns)
+      exec(compile(ast.Module([node], []), "core/metrics/inception_weights.py", "exec"), ns)
   return types.SimpleNamespace(**{k: v for k, v in ns.items() if k.startswith("_TV_")})
 
 

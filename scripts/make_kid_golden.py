@@ -17,7 +17,7 @@ Inputs are random (numpy default_rng(0)) and stored with the results:
                            float32), non-negative and skewed like Inception pool_3 activations
   cases                    case names; per case <c>_pair (which two arrays, rows cut to
                            <c>_rows), <c>_params (subsets, subset_size, seed) for
-                           core.fid.kid_from_features, <c>_tf_subset_size (what torch-fidelity
+                           core.metrics.fid.kid_from_features, <c>_tf_subset_size (what torch-fidelity
                            was given: it raises where subset_size exceeds a set, ours clamps)
   <c>_mean, <c>_std        torch-fidelity's kid_features_to_metric on float64 tensors of the
                            features (kernel_inception_distance_mean / _std)

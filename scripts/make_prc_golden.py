@@ -1,7 +1,7 @@
 """Makes tests/data/prc_golden.npz: precision/recall golden values from torch-fidelity itself.
 
 Improved precision and recall (Kynkaanniemi et al. 2019) as torch-fidelity 0.4.0's
-metric_prc.prc_features_to_metric computes them; core.fid.precision_recall must give the same.
+metric_prc.prc_features_to_metric computes them; core.metrics.fid.precision_recall must give the same.
 One-off, run in a scratch venv outside the repository (torch is never a project dependency;
 torch-fidelity's package __init__ imports torchvision, which is not needed here, so the script
 loads torch_fidelity/metric_prc.py alone, with the feature-extraction helpers it never calls
@@ -16,7 +16,7 @@ torch-fidelity's convention: features_1 is the generated set, features_2 the rea
 radius of a row is kthvalue(neighborhood + 1) of its distances to its own set, its own 0
 included, i.e. the distance to its k-th nearest neighbour with itself left out (a duplicate row
 is a neighbour at 0); a row is inside a ball where its distance is <= the radius. Distances are
-torch.cdist's (the |a|^2 + |b|^2 - 2ab matrix-product route at these sizes). core.fid takes the
+torch.cdist's (the |a|^2 + |b|^2 - 2ab matrix-product route at these sizes). core.metrics.fid takes the
 radius the same way, so no convention differs.
 
 Inputs are random (numpy default_rng(0)) and stored with the results:

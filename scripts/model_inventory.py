@@ -30,7 +30,7 @@ def main(argv=None) -> int:
   ap.add_argument("--per-sweep", action="store_true",
                   help="key models by (sweep file, legacy key), as before the shared store")
   args = ap.parse_args(argv)
-  from core.cdm import stage_configs
+  from core.diffusion.cdm import stage_configs
   from core.experiment import legacy_train_key, train_key
   from sweeps.spec import expand
   models: dict = {}

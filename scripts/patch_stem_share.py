@@ -34,8 +34,8 @@ def main(argv=None) -> int:
   import jax
   from core import devices
   from core.evaluate import eval_config, model_dirs
-  from core.frontends import parse_frontend
-  from core.checkpoint import restore_ema
+  from core.models.frontends import parse_frontend
+  from core.engine.checkpoint import restore_ema
   devices.setup()
   for run in args.run_dirs:
     name = os.path.basename(os.path.normpath(run))

@@ -7,7 +7,7 @@ Each quoted argument is one setting (space-separated sampler.* / eval.* override
 config.yaml, as `python -m core.evaluate` takes them). The run's EMA parameters are restored
 once; each setting samples eval.num_samples images with each --seeds value as the evaluation
 seed (eval.seed: the starting noise and labels) and is scored against the run's eval split by
-the same code as the sweep (core.fid, core.reference). One line per setting and seed, then the mean over
+the same code as the sweep (core.metrics.fid, core.metrics.reference). One line per setting and seed, then the mean over
 seeds; the data floor at the same n first. Sampling time is wall time on this machine.
 """
 from __future__ import annotations
@@ -28,12 +28,12 @@ def main(argv=None) -> int:
 
   import numpy as np
   from core.evaluate import eval_config, model_dirs
-  from core.features import inception_extractor
-  from core.fid import floor_metrics, sample_metrics
-  from core.generate import generate
-  from core.images import save_grid
-  from core.reference import reference_figures
-  from core.checkpoint import restore_ema
+  from core.metrics.features import inception_extractor
+  from core.metrics.fid import floor_metrics, sample_metrics
+  from core.engine.generate import generate
+  from core.data.images import save_grid
+  from core.metrics.reference import reference_figures
+  from core.engine.checkpoint import restore_ema
   from core.config import ConfigError, parse_assignments
   from core.devices import setup
   setup()

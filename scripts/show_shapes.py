@@ -10,7 +10,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from core.shapes import KINDS, ShapesSource
+from core.data.shapes import KINDS, ShapesSource
 
 
 def main():

@@ -79,7 +79,7 @@ class Fx:
   def weights(self) -> str:
     """Fake Inception weights of the right structure (tests/test_fid.py's), written once."""
     if Fx.weights_path is None:
-      from core import inception_weights as W
+      from core.metrics import inception_weights as W
       from tests.test_fid import fake_params
       p = self.factory.mktemp("weights") / "fake_inception.npz"
       W.save_params(fake_params(), p)
@@ -124,8 +124,8 @@ def run_dir(tmp, ckpt: bool = False) -> str:
 
 
 def stats(tmp, name, dim=4, nan=False) -> str:
-  from core.fid import compute_stats
-  from core.reference import save_stats
+  from core.metrics.fid import compute_stats
+  from core.metrics.reference import save_stats
   x = np.random.default_rng(0).normal(size=(8, dim))
   s = compute_stats(x)
   if nan:

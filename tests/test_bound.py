@@ -1,4 +1,4 @@
-"""The variational bound (core.bound) against closed forms: for Gaussian data x ~ N(0, S) the
+"""The variational bound (core.diffusion.bound) against closed forms: for Gaussian data x ~ N(0, S) the
 optimal denoiser is linear, x_hat = alpha S (alpha^2 S + sigma^2 I)^-1 z, and every term of the
 bound is known exactly, so the Monte-Carlo estimator with that oracle must land within its
 standard error of them; and scored under two evaluation schedules with the same end points,
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from core import bound as B
-from core.schedules import alpha_sigma
+from core.diffusion import bound as B
+from core.diffusion.schedules import alpha_sigma
 
 LMIN, LMAX = -12.0, 10.0
 EIG = np.logspace(-3, 0, 6)          # spread like an image's: some directions nearly constant

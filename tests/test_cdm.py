@@ -10,15 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from core import cdm
-from core.conditioning import make_task
+from core.diffusion import cdm
+from core.diffusion.conditioning import make_task
 from core.config import ConfigError, LossConfig, to_dict
-from core.diffusion import loss_at
-from core.generate import make_cascade_sampler
+from core.diffusion.process import loss_at
+from core.engine.generate import make_cascade_sampler
 from core.experiment import resolve
 from core.models import build_model, init_params
-from core.samplers import sample
-from core.schedules import make_schedule
+from core.diffusion.samplers import sample
+from core.diffusion.schedules import make_schedule
 from core.train import Trainer
 from sweeps.spec import expand, train_key
 
@@ -219,7 +219,7 @@ def _three_stage(augment=("noise", "blur"), cond_s=0.2, truncated=True):
 
 
 def test_each_stage_trains_and_samples_with_its_own_augmentation():
-  from core.conditioning import truncated_at
+  from core.diffusion.conditioning import truncated_at
   cfg = _three_stage()
   cdm.validate(cfg)
   s0, s1, s2 = cdm.stage_configs(cfg)

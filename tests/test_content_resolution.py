@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import pipeline, sources
+from core.data import pipeline, sources
 from core.config import ConfigError, DataConfig
 from core.evaluate import scored_content
-from core.reference import box_downsample
+from core.metrics.reference import box_downsample
 from core.experiment import resolve, train_key
-from core.shapes import ShapesSource
-from core.sources import RenderedShapes, Upsampled, render_cached
+from core.data.shapes import ShapesSource
+from core.data.sources import RenderedShapes, Upsampled, render_cached
 
 
 def _blocks(x, f):

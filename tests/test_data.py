@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import images, pipeline, sources
-from core.sources import subset
+from core.data import images, pipeline, sources
+from core.data.sources import subset
 from core.config import ConfigError, DataConfig
-from core.shapes import KINDS, ShapesSource
+from core.data.shapes import KINDS, ShapesSource
 
 
 def _box_down(x, f):

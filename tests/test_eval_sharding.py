@@ -12,10 +12,10 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from core import evaluate as ev_lib
-from core import features
+from core.metrics import features
 from core.experiment import resolve
-from core.generate import make_sampler
-from core.checkpoint import trained_model
+from core.engine.generate import make_sampler
+from core.engine.checkpoint import trained_model
 from core.devices import make_mesh
 from core.train import Trainer
 
@@ -49,7 +49,7 @@ def evaluate_untrained(cfg, run_dir: str) -> dict:
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-  from core import inception_weights as W
+  from core.metrics import inception_weights as W
   path = tmp_path_factory.mktemp("weights") / "fake_inception.npz"
   W.save_params(fake_params(), path)
   return path

@@ -76,12 +76,12 @@ def test_evaluate_a_finished_run_without_retraining(tmp_path, monkeypatch, capsy
 
   # The sweep again, evaluating its finished run anew (--reevaluate): its model is trained,
   # so nothing builds a data pipeline or a training step, and eval.json comes out the same.
-  import core.pipeline
+  import core.data.pipeline
   import core.train
 
   def no_pipeline(*a, **k):
     raise AssertionError("a data pipeline was built for a trained model")
-  monkeypatch.setattr(core.pipeline, "make_dataset", no_pipeline)
+  monkeypatch.setattr(core.data.pipeline, "make_dataset", no_pipeline)
   monkeypatch.setattr(core.train, "_train", no_pipeline)
   assert runner.main([f, "tier=smoke", "--results", res, "--no-progress", "--only",
                       "128-cosine-s0", f"eval.stats_dir={tmp_path / 'stats'}",

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 from analysis import fid as CLI
-from core import features as X
-from core import fid as F
-from core import reference as R
-from core import inception as I
-from core import inception_weights as W
-from core import torchfile as T
+from core.metrics import features as X
+from core.metrics import fid as F
+from core.metrics import reference as R
+from core.metrics import inception as I
+from core.metrics import inception_weights as W
+from core.metrics import torchfile as T
 from tests.golden import load as golden_npz
 
 DATA = Path(__file__).parent / "data"
@@ -469,9 +469,9 @@ def test_precision_recall_properties():
 
 
 def test_precision_recall_in_sample_metrics():
-  """core.fid.sample_metrics reports them against the reference's kept features; None
+  """core.metrics.fid.sample_metrics reports them against the reference's kept features; None
   where a set is too small for a 3rd neighbour."""
-  from core.fid import sample_metrics
+  from core.metrics.fid import sample_metrics
   rng = np.random.default_rng(5)
   real = rng.normal(size=(120, 8)).astype(np.float32)
   ref = {**F.compute_stats(real), "features": real}

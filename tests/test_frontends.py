@@ -3,8 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from core.frontends import (depth_to_space, dwt53, frontend_factor, idwt53, parse_frontend,
-                            space_to_depth)
+from core.models.frontends import (depth_to_space, dwt53, frontend_factor, idwt53, parse_frontend,
+                                   space_to_depth)
 
 
 @pytest.mark.parametrize("levels", [1, 2, 3])

@@ -32,10 +32,10 @@ import numpy as np
 import pytest
 
 from core.devices import make_mesh
-from core.generate import make_sampler
+from core.engine.generate import make_sampler
 from core.experiment import resolve
-from core.schedules import alpha_sigma, make_schedule
-from core.shapes import ShapesSource
+from core.diffusion.schedules import alpha_sigma, make_schedule
+from core.data.shapes import ShapesSource
 from core.train import Trainer
 
 RES, NUM_IMAGES, BATCH, STEPS, SAMPLER_STEPS = 16, 4, 8, 800, 32
@@ -144,7 +144,7 @@ def test_memorised_images_are_sampled_back():
 def _eps_sign_error(monkeypatch):
   """v = alpha eps + sigma x instead of - (the training target): the sampler, converting with
   the right signs, gets a network that learnt the wrong quantity."""
-  import core.diffusion as D
+  import core.diffusion.process as D
   def wrong(x, eps, logsnr):
     alpha, sigma = D.alpha_sigma(logsnr)
     return D._bcast(alpha, x) * eps + D._bcast(sigma, x) * x
@@ -153,7 +153,7 @@ def _eps_sign_error(monkeypatch):
 
 def _x_sign_error(monkeypatch, tr=None):
   """x_hat = alpha z + sigma v_hat instead of - (sampling only: training compares outputs)."""
-  import core.diffusion as D
+  import core.diffusion.process as D
   def wrong(z, v, logsnr):
     alpha, sigma = D.alpha_sigma(logsnr)
     return D._bcast(alpha, z) * z + D._bcast(sigma, z) * v
@@ -170,7 +170,7 @@ def _cosine_at_sampling(monkeypatch, tr):
 def _grid_off_by_one(monkeypatch, tr=None):
   """Each step from t to s is labelled one grid point too high: the network is told the noise
   level of the step before (t + 1/steps, clipped at 1) and steps to t."""
-  import core.samplers as S
+  import core.diffusion.samplers as S
   real = S.time_grid
   def wrong(steps, t_end=0.0):
     t, s = real(steps, t_end)

@@ -1,10 +1,10 @@
-"""core.memorisation: the nearest-neighbour distances are the brute-force ones; copies of
+"""core.metrics.memorisation: the nearest-neighbour distances are the brute-force ones; copies of
 training images read as copies, fresh images of the same data as new ones."""
 import numpy as np
 import pytest
 
-from core import memorisation
-from core.oracle import render_set
+from core.metrics import memorisation
+from core.metrics.oracle import render_set
 
 
 def test_nearest_two_is_brute_force():

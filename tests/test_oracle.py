@@ -1,9 +1,9 @@
-"""The oracle (core.oracle): it reads the scene back far above chance, the metric path from a
+"""The oracle (core.metrics.oracle): it reads the scene back far above chance, the metric path from a
 run's samples to its figures reads real images as the oracle itself does, its training is
 deterministic, and a learning curve's last point is the evaluation's own figure.
 
-The default-recipe oracle of shapes_simple at 16 px ships in core/oracles/ (made by
-`python -m core.oracle shapes_simple 16`, then copied), so the suite trains none of its own.
+The default-recipe oracle of shapes_simple at 16 px ships in core/metrics/oracles/ (made by
+`python -m core.metrics.oracle shapes_simple 16`, then copied), so the suite trains none of its own.
 """
 import json
 import os
@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from core import oracle as oracle_lib
+from core.metrics import oracle as oracle_lib
 from core.config import ExperimentConfig, replace
 
 STORED = os.path.join(oracle_lib.SHIPPED, os.path.basename(
@@ -28,13 +28,13 @@ def _cfg(resolution=16, content=0, n=400, **over):
 
 def test_the_shipped_oracle_is_the_default_recipe_s():
   # its name is the cache key of today's recipe and renderer: an edit to either must ship a
-  # new one (python -m core.oracle shapes_simple 16, then copy it to core/oracles/)
-  assert os.path.isfile(STORED), "core/oracles/ lacks the default oracle of shapes_simple 16"
+  # new one (python -m core.metrics.oracle shapes_simple 16, then copy it to core/metrics/oracles/)
+  assert os.path.isfile(STORED), "core/metrics/oracles/ lacks the default oracle of shapes_simple 16"
 
 
 @pytest.fixture
 def stored_oracle(tmp_path, monkeypatch):
-  """The shipped oracle, read from core/oracles/ by load_oracle in a fresh cache folder."""
+  """The shipped oracle, read from core/metrics/oracles/ by load_oracle in a fresh cache folder."""
   monkeypatch.setenv("SIMPLEDIFF_CACHE", str(tmp_path / "cache"))
   oracle_lib._LOADED.clear()
   oracle_lib._REAL.clear()

@@ -5,9 +5,9 @@ import optax
 import pytest
 
 from core.config import LossConfig, ScheduleConfig
-from core.diffusion import loss_at
+from core.diffusion.process import loss_at
 from core.models import build_model, init_params, preset
-from core.schedules import make_schedule
+from core.diffusion.schedules import make_schedule
 
 
 @pytest.mark.parametrize("name", ["unet_tiny", "uvit_tiny"])

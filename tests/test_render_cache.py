@@ -1,14 +1,14 @@
-"""The procedural set's render cache (core.sources.render_cached): same batches, rendered once."""
+"""The procedural set's render cache (core.data.sources.render_cached): same batches, rendered once."""
 import os
 import pickle
 
 import numpy as np
 import pytest
 
-from core import pipeline
+from core.data import pipeline
 from core.config import DataConfig
-from core.shapes import ShapesSource
-from core.sources import RenderedShapes, render_cached
+from core.data.shapes import ShapesSource
+from core.data.sources import RenderedShapes, render_cached
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_off_and_other_sources_are_left_alone(cache, monkeypatch):
   monkeypatch.delenv("SIMPLEDIFF_SHAPES_CACHE")
   other = [1, 2, 3]
   assert render_cached(other) is other
-  monkeypatch.setattr("core.sources.MAX_RENDER_CACHE_BYTES", 8 * 16 * 16 * 3 - 1)
+  monkeypatch.setattr("core.data.sources.MAX_RENDER_CACHE_BYTES", 8 * 16 * 16 * 3 - 1)
   assert render_cached(src) is src
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from core.config import SamplerConfig
-from core.diffusion import v_from_x_eps
-from core.samplers import ddpm_step, guided_output, sample
-from core.schedules import alpha_sigma, logsnr_cosine, make_schedule
+from core.diffusion.process import v_from_x_eps
+from core.diffusion.samplers import ddpm_step, guided_output, sample
+from core.diffusion.schedules import alpha_sigma, logsnr_cosine, make_schedule
 from core.config import ScheduleConfig
 
 

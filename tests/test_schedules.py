@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from core.config import ScheduleConfig
-from core.schedules import (SCHEDULES, alpha_sigma, logsnr_cosine, logsnr_interpolated,
-                            logsnr_shifted, make_schedule)
+from core.diffusion.schedules import (SCHEDULES, alpha_sigma, logsnr_cosine, logsnr_interpolated,
+                                      logsnr_shifted, make_schedule)
 
 T = np.linspace(0.0, 1.0, 101)
 
@@ -73,7 +73,7 @@ def test_unknown_schedule_names_the_choices():
 @pytest.mark.parametrize("image_d,name,noise_d", [(64, "cosine", 64), (64, "shifted", 16),
                                                   (32, "shifted", 128), (16, "shifted", 8)])
 def test_made_schedules_compute_what_their_formulas_do_eagerly_and_jitted(image_d, name, noise_d):
-  # make_schedule's one program with four numbers (core.schedules.logsnr_family) must give the
+  # make_schedule's one program with four numbers (core.diffusion.schedules.logsnr_family) must give the
   # committed studies' schedules bit for bit, as a constant and as a traced input.
   import jax
   # (XLA's fused tan and log differ from the eager ones by ~1e-4: compare jit with jit.)

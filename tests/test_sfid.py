@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from analysis import fid as CLI
-from core import features as X
-from core import fid as F
-from core import reference as R
+from core.metrics import features as X
+from core.metrics import fid as F
+from core.metrics import reference as R
 from tests.golden import load as golden_npz
 
 
@@ -176,7 +176,7 @@ def test_reference_cache_without_spatial_is_computed_again(tmp_path):
 
 
 def test_sample_and_floor_metrics_carry_sfid():
-  from core.fid import floor_metrics, sample_metrics
+  from core.metrics.fid import floor_metrics, sample_metrics
   rng = np.random.default_rng(5)
   pool_r, sp_r = rng.normal(size=(40, 6)), rng.normal(size=(40, 5))
   pool_o, sp_o = rng.normal(size=(30, 6)), rng.normal(size=(30, 5)) + 0.3

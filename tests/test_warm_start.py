@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from core import inception_weights as W
+from core.metrics import inception_weights as W
 
 
 def _compiles(caplog, fn):
@@ -19,8 +19,8 @@ def _compiles(caplog, fn):
 def test_inception_extractor_places_its_weights_without_compiling(caplog):
   """Its ~50 host arrays go to the devices as they are; jnp.asarray per leaf compiled a
   program per shape (about 1 s of every start). Same values, JAX's dtypes."""
-  from core.features import InceptionExtractor
-  from core.inception import _param_shapes, flax_flatten
+  from core.metrics.features import InceptionExtractor
+  from core.metrics.inception import _param_shapes, flax_flatten
   params = W.flax_unflatten({k: np.full(s, 0.5, np.float64 if k.endswith("/mean") else
                                         np.float32)
                              for k, s in flax_flatten(_param_shapes(False)).items()})
@@ -36,8 +36,8 @@ def test_a_run_imports_no_module_only_one_path_needs():
   imports: the runner, training, evaluation, FID and Inception."""
   import subprocess
   import sys
-  code = ("import sys, sweeps.run, sweeps.execute, core.train, core.evaluate, core.fid, "
-          "core.features, core.reference; print(sorted({m.split('.')[0] for m in sys.modules} & "
+  code = ("import sys, sweeps.run, sweeps.execute, core.train, core.evaluate, core.metrics.fid, "
+          "core.metrics.features, core.metrics.reference; print(sorted({m.split('.')[0] for m in sys.modules} & "
           "{'scipy', 'pandas', 'matplotlib', 'torch', 'tensorflow'}))")
   out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                        text=True).stdout
@@ -45,12 +45,12 @@ def test_a_run_imports_no_module_only_one_path_needs():
 
 
 def test_inception_compiles_without_ynn_fusions_on_cpu(monkeypatch):
-  """The FID network's jit gets core.features.compiler_options(): on CPU (jaxlib 0.10) no
+  """The FID network's jit gets core.metrics.features.compiler_options(): on CPU (jaxlib 0.10) no
   YNNPACK fusions, 1.1-1.6x its images/s at the same features (1e-6 relative;
   results/reference/inception_speed.txt). The option itself is checked on a small program:
   it takes the YNN fusion out of a reduction that XLA's default puts in one."""
   from jax import lax
-  from core import features as I
+  from core.metrics import features as I
   if not I.cpu_options_measured():
     pytest.skip("this jaxlib release was not measured")
   seen = {}

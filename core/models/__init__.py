@@ -39,12 +39,9 @@ def _build_uvit(cfg: ModelConfig, resolution: int) -> nn.Module:
 def build_model(cfg: ModelConfig, resolution: int) -> nn.Module:
   """The network for cfg.arch at `resolution`; bad configs raise ConfigError here. Its output
   is what cfg.prediction names (x, eps or v), turned into x_hat and eps_hat by
-  core.diffusion.PREDICTIONS where it is used (the loss, the sampler)."""
-  from core.config import ConfigError
-  from core.diffusion import PREDICTIONS
-  if cfg.prediction not in PREDICTIONS:
-    raise ConfigError(f"unknown model.prediction {cfg.prediction!r}; choose one of: "
-                      f"{', '.join(PREDICTIONS.names())}")
+  core.diffusion.process.PREDICTIONS where it is used (the loss, the sampler; an unknown name
+  is refused with the other names in core.experiment.check_names, so models need not know
+  the diffusion maths)."""
   return ARCHS.get(cfg.arch)(cfg, resolution)
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from core.config import ConfigError, ModelConfig
-from core.frontends import dwt53, idwt53, parse_frontend
+from core.models.frontends import dwt53, idwt53, parse_frontend
 
 F32 = jnp.float32
 zeros_init = nn.initializers.zeros

@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from core.config import ConfigError, ModelConfig
-from core.frontends import frontend_factor
+from core.models.frontends import frontend_factor
 from core.models.layers import (AttnBlock, ConditionEmbedding, Head, ResBlock, Stem,
                                 compute_dtype, downsample, prepare_input, upsample)
 

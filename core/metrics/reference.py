@@ -16,11 +16,11 @@ import numpy as np
 
 from core import runio
 from core.config import ExperimentConfig
-from core.diffusion import avg_pool_to
-from core.features import InceptionExtractor, extract_features
-from core.fid import compute_stats
-from core.pipeline import iterate_uint8
-from core.sources import PROCEDURAL, data_fingerprint, make_source, subset
+from core.diffusion.process import avg_pool_to
+from core.metrics.features import InceptionExtractor, extract_features
+from core.metrics.fid import compute_stats
+from core.data.pipeline import iterate_uint8
+from core.data.sources import PROCEDURAL, data_fingerprint, make_source, subset
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ def reference_stats(name: str, images_fn: Callable[[], Iterable[np.ndarray]], ca
   metric's floor) under 'features'. With `spatial` (an extractor made with spatial=True) also
   sFID's mu_s, sigma_s and the same subset's spatial features under 'features_s'.
 
-  `name` must identify the images (core.sources.data_fingerprint does for a run's data): two data
+  `name` must identify the images (core.data.sources.data_fingerprint does for a run's data): two data
   sets given one name share an entry. `images_fn()` yields uint8 NHWC batches; it is called
   only when the cache has no entry, or an entry written before features were kept, or (with
   `spatial`) one written before sFID: that entry is computed again, once, and its pool_3
@@ -144,7 +144,7 @@ def reference_num(cfg: ExperimentConfig, split: str) -> int:
 
 def data_name(cfg: ExperimentConfig, split: str) -> str:
   """Identifies a split's reference images in the statistics cache: the source, the folder's
-  name for people to read, and a fingerprint of what is read (core.sources.data_fingerprint)."""
+  name for people to read, and a fingerprint of what is read (core.data.sources.data_fingerprint)."""
   d = cfg.data
   label = f"{d.source}{d.size}" if d.source in PROCEDURAL else \
       f"{d.source}-{os.path.basename(os.path.normpath(d.path)) or 'default'}"

@@ -114,7 +114,7 @@ def array_to_image(a: np.ndarray, resolution: int) -> np.ndarray:
 
 
 # Filters that make an image at the training resolution from its content resolution
-# (data.upsample; core.sources.Upsampled): PIL's, each sampling at pixel centres.
+# (data.upsample; core.data.sources.Upsampled): PIL's, each sampling at pixel centres.
 UPSAMPLE_FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
                     "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS}
 

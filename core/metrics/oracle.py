@@ -1,11 +1,11 @@
 """An oracle for the procedural data sets (shapes, shapes_simple): a small network trained on
 real renders that reads each image's scene back, and the metrics read through it.
 
-Every image of these sets is a known scene (core.shapes): the main shape's kind (the class
+Every image of these sets is a known scene (core.data.shapes): the main shape's kind (the class
 label), its centre, size and colour, and a background. The oracle is trained once per (source,
 content resolution) on renders of a split of its own ("oracle", neither train nor test), kept in
 the cache folder (<cache>/oracle/<key>.npz, with a report of its held-out scores), and rebuilt
-by `python -m core.oracle SOURCE RESOLUTION`. Its reading of held-out real images is the
+by `python -m core.metrics.oracle SOURCE RESOLUTION`. Its reading of held-out real images is the
 ceiling of every metric below; these are this toolkit's metrics, not the paper's (the paper's
 are FID and IS, computed unchanged beside them):
 
@@ -18,7 +18,7 @@ are FID and IS, computed unchanged beside them):
   - the scene parameters' distributions (centre, size, colours) read from samples and from
     real images.
 
-Samples are read at the content resolution (box-downsampled there, core.reference.
+Samples are read at the content resolution (box-downsampled there, core.metrics.reference.
 box_downsample, as the @content FID does), so groups trained at different resolutions compare.
 The global structure the paper's ablations are about (section 3.1: which shape, where, how big)
 is what the oracle reads; FID at a few hundred samples sees it worst.
@@ -79,7 +79,7 @@ def get_recipe(name: str) -> Recipe:
 def scene_targets(scene: dict, res: int) -> np.ndarray:
   """The TARGETS of a scene (float32): its main shape (the last drawn) centre, size and colour,
   and the mean colour of its background rendered alone at `res`."""
-  from core.shapes import _background
+  from core.data.shapes import _background
   sh = scene["shapes"][-1]
   bg = _background(scene["background"], res).mean(axis=(1, 2))
   return np.asarray([*sh["centre"], sh["size"], *sh["colour"], *np.clip(bg, 0, 1)], np.float32)
@@ -87,8 +87,8 @@ def scene_targets(scene: dict, res: int) -> np.ndarray:
 
 def render_set(source: str, res: int, split: str, n: int, progress: bool = False):
   """(images uint8 (n, res, res, 3), labels int32 (n,), targets float32 (n, 9)) of the first n
-  scenes of a split of a procedural source (seed 0, as core.sources makes them)."""
-  from core.shapes import ShapesSource, render
+  scenes of a split of a procedural source (seed 0, as core.data.sources makes them)."""
+  from core.data.shapes import ShapesSource, render
   from tqdm.auto import tqdm
   src = ShapesSource(n, res, split, style="simple" if source == "shapes_simple" else "full")
   images = np.empty((n, res, res, 3), np.uint8)
@@ -104,17 +104,17 @@ def render_set(source: str, res: int, split: str, n: int, progress: bool = False
 
 
 def roundtrip(images: np.ndarray, factor: int, method: str = "bicubic") -> np.ndarray:
-  """Images upsampled by `factor` (core.images.upsample) and box-downsampled back: what the
+  """Images upsampled by `factor` (core.data.images.upsample) and box-downsampled back: what the
   metric reads of real images made at the content resolution and upsampled."""
-  from core.images import upsample
-  from core.reference import box_downsample
+  from core.data.images import upsample
+  from core.metrics.reference import box_downsample
   r = images.shape[1]
   up = np.stack([upsample(im, r * factor, method) for im in images])
   return box_downsample(up, r)
 
 
 def flip_targets(targets: np.ndarray) -> np.ndarray:
-  """The targets of horizontally flipped images (training flips them, core.pipeline._Flip)."""
+  """The targets of horizontally flipped images (training flips them, core.data.pipeline._Flip)."""
   out = np.array(targets, copy=True)
   out[..., 0] = 1.0 - out[..., 0]
   return out
@@ -164,7 +164,7 @@ class Oracle:
   def read(self, images: np.ndarray, batch: int = 512) -> dict:
     """uint8 (n, r, r, 3) images at the oracle's resolution -> {'label' int32 (n,), 'logits',
     'targets' (n, 9), 'features' (n, recipe.features)} as numpy. Any other resolution is an
-    error: the caller box-downsamples (core.reference.box_downsample)."""
+    error: the caller box-downsamples (core.metrics.reference.box_downsample)."""
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 3):
       raise ValueError(f"oracle for {self.source} at {self.resolution} px got images of shape "
@@ -187,7 +187,7 @@ class Oracle:
 def cache_key(source: str, resolution: int, recipe: Recipe) -> str:
   """<source>-<res>px-<hash of the recipe and of the renderer>: an edit to either retrains."""
   import hashlib
-  from core.sources import _renderer_version
+  from core.data.sources import _renderer_version
   h = hashlib.sha1(json.dumps([dataclasses.asdict(recipe), _renderer_version()]).encode())
   return f"{source}-{resolution}px-{h.hexdigest()[:12]}"
 
@@ -294,8 +294,8 @@ def oracle_path(source: str, resolution: int, recipe: Recipe = Recipe()) -> str:
 
 
 _LOADED: dict = {}
-# Oracles shipped with the package (core/oracles/<cache key>.npz), made by `python -m
-# core.oracle SOURCE RES` and copied: a fresh machine reads them instead of spending minutes
+# Oracles shipped with the package (core/metrics/oracles/<cache key>.npz), made by `python -m
+# core.metrics.oracle SOURCE RES` and copied: a fresh machine reads them instead of spending minutes
 # training one (the main job's budget). Their key holds the recipe and the renderer's hash, so
 # a change to either falls back to training.
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracles")
@@ -304,7 +304,7 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "oracles")
 def load_oracle(source: str, resolution: int, recipe: Recipe = Recipe(),
                 progress: bool = True, log=print) -> Oracle:
   """The oracle of (source, resolution): from the cache folder, else the one shipped in
-  core/oracles/, else trained into the cache (a torn or foreign file is trained again). Kept
+  core/metrics/oracles/, else trained into the cache (a torn or foreign file is trained again). Kept
   in memory for the process."""
   path = oracle_path(source, resolution, recipe)
   if path in _LOADED:
@@ -347,8 +347,8 @@ def class_accuracy(read: dict, asked: np.ndarray) -> dict:
 
 
 def feature_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """The Fréchet distance between two sets of oracle features (core.fid's, in float64)."""
-  from core.fid import fid_from_features
+  """The Fréchet distance between two sets of oracle features (core.metrics.fid's, in float64)."""
+  from core.metrics.fid import fid_from_features
   return fid_from_features(a, b)
 
 
@@ -367,7 +367,7 @@ def oracle_resolution(cfg) -> Optional[int]:
   """Where the oracle reads a run's samples: the data's content resolution (the samples box-
   downsampled there), else the run's resolution; None where the run has no oracle (eval.oracle
   off, or data that are not procedural scenes)."""
-  from core.sources import content_resolution
+  from core.data.sources import content_resolution
   if not cfg.eval.oracle or cfg.data.source not in SOURCES:
     return None
   at = content_resolution(cfg.data, cfg.resolution)
@@ -384,7 +384,7 @@ def for_run(cfg, progress: bool = True) -> Optional[Oracle]:
 
 def read_images(oracle: Oracle, images: np.ndarray) -> dict:
   """uint8 images at any multiple of the oracle's resolution, box-downsampled to it and read."""
-  from core.reference import box_downsample
+  from core.metrics.reference import box_downsample
   images = np.asarray(images)
   if images.shape[1] != oracle.resolution:
     images = box_downsample(images, oracle.resolution)
@@ -398,9 +398,9 @@ def real_reads(cfg, split: str, num: int, oracle: Oracle) -> dict:
   """The oracle's reading of `num` real images of a split, taken as a run's samples are: at
   the run's resolution (upsampled from the content where the data are), box-downsampled to the
   oracle's; with their true labels under 'asked'. The same subset as the reference statistics
-  (core.sources.reference_indices); kept for the process."""
-  from core.pipeline import iterate_uint8
-  from core.sources import data_fingerprint
+  (core.data.sources.reference_indices); kept for the process."""
+  from core.data.pipeline import iterate_uint8
+  from core.data.sources import data_fingerprint
   key = (data_fingerprint(cfg.data, split, num), cfg.resolution, oracle.resolution,
          cache_key(oracle.source, oracle.resolution, oracle.recipe))
   if key not in _REAL:
@@ -452,10 +452,10 @@ def save_reads(path: str, reads: dict, asked: Optional[np.ndarray], real: dict) 
 
 
 def main(argv: Optional[list] = None) -> int:
-  """python -m core.oracle SOURCE RESOLUTION [--retrain]: builds (or reads) the oracle and
+  """python -m core.metrics.oracle SOURCE RESOLUTION [--retrain]: builds (or reads) the oracle and
   prints its held-out report."""
   import argparse
-  ap = argparse.ArgumentParser(prog="python -m core.oracle",
+  ap = argparse.ArgumentParser(prog="python -m core.metrics.oracle",
                                description="Train (once, into the cache folder) and report the "
                                "oracle of a procedural data set at a content resolution.")
   ap.add_argument("source", choices=SOURCES)

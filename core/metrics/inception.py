@@ -11,8 +11,8 @@ Inception v3; its FID-relevant quirks are kept:
     centres, border clamp, no antialias), then mapped to (x - 128) / 128.
 
 `check_params` holds a parameter tree against this network. Where the weights come from is
-core/inception_weights.py (which imports this module, never the reverse); the batched extractor
-that runs the network over images is core/features.py.
+core/metrics/inception_weights.py (which imports this module, never the reverse); the batched extractor
+that runs the network over images is core/metrics/features.py.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The metrics from Inception features, as the paper measures them (TF-GAN / pytorch-fid
 conventions): FID, KID, precision/recall, sFID and IS, and a run's figures against a reference.
 
-* features: pool_3 of the 2015-12-05 Inception graph (core/inception.py; core/features.py
-  extracts them from uint8 images, core/reference.py keeps the data's);
+* features: pool_3 of the 2015-12-05 Inception graph (core/metrics/inception.py; core/metrics/features.py
+  extracts them from uint8 images, core/metrics/reference.py keeps the data's);
 * statistics: mean and unbiased covariance in float64, with the sample count;
 * FID: |mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64, the trace of the square root
   by TF-GAN's symmetric route (trace_sqrt_product); pytorch-fid's scipy.linalg.sqrtm of the
@@ -14,7 +14,7 @@ conventions): FID, KID, precision/recall, sFID and IS, and a run's figures again
 * precision and recall: Kynkaanniemi et al. 2019 with k = 3 over the pool_3 features, as
   torch-fidelity's prc_features_to_metric and the ADM evaluator (float64, in blocks);
 * sFID: the same Frechet distance over the ADM evaluator's spatial features (mixed_6/conv, its
-  first 7 channels, 17 x 17 x 7 = 2023 per image; core/inception.py), whose statistics are
+  first 7 channels, 17 x 17 x 7 = 2023 per image; core/metrics/inception.py), whose statistics are
   stored as mu_s, sigma_s beside mu, sigma, as in the ADM reference batches.
 """
 
@@ -314,7 +314,7 @@ def sample_metrics(features: np.ndarray, ref: dict, kid_subsets: int = 100,
                    spatial: Optional[np.ndarray] = None) -> dict:
   """FID, KID (mean, std over subsets), precision/recall (Kynkaanniemi et al. 2019, k = 3)
   and sFID of features against a reference split's figures. KID and precision/recall use the
-  split's kept features (up to core.reference.REFERENCE_FEATURES_MAX); precision/recall are None
+  split's kept features (up to core.metrics.reference.REFERENCE_FEATURES_MAX); precision/recall are None
   where either set has no more than k rows (no k-th neighbour); sFID (from `spatial`, the
   same samples' spatial features) is None without them or without the split's mu_s."""
   kid, kid_std = kid_from_features(features, ref["features"], subsets=kid_subsets)

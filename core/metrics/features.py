@@ -1,7 +1,7 @@
 """Inception features of images: the batched, jitted extractor over this process's devices,
 one per weights source and process, and features of a stream of image batches.
 
-core/inception.py is the network, core/inception_weights.py where its weights come from.
+core/metrics/inception.py is the network, core/metrics/inception_weights.py where its weights come from.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import jax
 import numpy as np
 from jax import lax
 
-from core.inception import (NUM_CLASSES, NUM_FEATURES, SPATIAL_FEATURES, InceptionV3,
-                            check_params, preprocess)
-from core.inception_weights import load_inception_params
+from core.metrics.inception import (NUM_CLASSES, NUM_FEATURES, SPATIAL_FEATURES, InceptionV3,
+                                    check_params, preprocess)
+from core.metrics.inception_weights import load_inception_params
 
 # On CPU, without YNNPACK's fusions (on by default in jaxlib 0.10; they take this network's
 # reductions, dots and some convolutions from XLA's own emitters): measured side by side in

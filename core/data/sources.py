@@ -4,7 +4,7 @@ A source is any object with `len(src)` and `src[i] -> {'image': uint8 (R, R, 3),
 int32}`, built by `make_source(cfg, resolution, split)` from the factory registered in
 SOURCES under `cfg.source`:
 
-  shapes        the embedded procedural data set (core/shapes.py); cfg.size images per split
+  shapes        the embedded procedural data set (core/data/shapes.py); cfg.size images per split
   shapes_simple the same shapes on smooth backgrounds, without distractors (the cpu tier's)
   folder        cfg.path/<split>/<class>/*.jpg (ImageNet / CIFAR layout), or cfg.path/<class>/
                 when cfg.path has no split folders; a folder without class folders is one
@@ -18,9 +18,9 @@ SOURCES under `cfg.source`:
                 little-endian int32, then the encoded image (JPEG, PNG, ...);
                 needs `pip install 'simplediff[array_record]'`
 
-Every image is centre-cropped to a square and resized to the resolution (core.images), or,
+Every image is centre-cropped to a square and resized to the resolution (core.data.images), or,
 with data.content_resolution below it, made at the content resolution and upsampled
-(Upsampled). The batches built from a source are core.pipeline's.
+(Upsampled). The batches built from a source are core.data.pipeline's.
 """
 from __future__ import annotations
 
@@ -35,11 +35,11 @@ from typing import Callable, Optional, Protocol
 import numpy as np
 
 from core.config import ConfigError, DataConfig, check_choice
-from core.images import (IMAGE_EXTS, UPSAMPLE_FILTERS, array_to_image, decode_image,
-                         image_files, upsample)
+from core.data.images import (IMAGE_EXTS, UPSAMPLE_FILTERS, array_to_image, decode_image,
+                              image_files, upsample)
 from core.registry import Registry
 from core.runio import cache_dir
-from core.shapes import ShapesSource
+from core.data.shapes import ShapesSource
 
 
 class DataError(ConfigError):
@@ -356,9 +356,9 @@ MAX_RENDER_CACHE_BYTES = 1 << 30   # a split larger than this (gpu tier's 128 px
 
 
 def _renderer_version() -> str:
-  """Hash of core/shapes.py: an edit to the renderer makes earlier renders stale, not wrong."""
-  import core.shapes
-  with open(core.shapes.__file__, "rb") as f:
+  """Hash of core/data/shapes.py: an edit to the renderer makes earlier renders stale, not wrong."""
+  import core.data.shapes
+  with open(core.data.shapes.__file__, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:12]
 
 

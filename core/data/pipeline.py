@@ -1,4 +1,4 @@
-"""The grain pipeline: batches of a source (core.sources) with a resumable state.
+"""The grain pipeline: batches of a source (core.data.sources) with a resumable state.
 
 `make_dataset` returns a grain IterDataset of batches {'image': float32 (B, R, R, 3) in
 [-1, 1], 'label': int32 (B,)}. `it = iter(ds)` is a grain DatasetIterator: `it.get_state()` /
@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from core.config import ConfigError, DataConfig
-from core.sources import DataError, make_source, reference_indices, render_cached
+from core.data.sources import DataError, make_source, reference_indices, render_cached
 
 _THREADS = min(8, os.cpu_count() or 1)   # in-process reader threads (num_workers 0)
 

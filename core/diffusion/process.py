@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from core.config import LossConfig
 from core.registry import Registry
-from core.schedules import Schedule, alpha_sigma
+from core.diffusion.schedules import Schedule, alpha_sigma
 
 # denoise_fn(z, logsnr) -> the network's output (model.prediction); labels, conditioning and
 # dropout keys are bound by the caller.

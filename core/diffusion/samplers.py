@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from core.config import SamplerConfig
-from core.diffusion import _bcast, get_prediction
+from core.diffusion.process import _bcast, get_prediction
 from core.registry import Registry
-from core.schedules import Schedule, alpha_sigma
+from core.diffusion.schedules import Schedule, alpha_sigma
 
 # model_fn(z, logsnr, labels) -> the network's output (x, eps or v: the sampler's `prediction`);
 # labels None means the null (unconditional) class.
@@ -90,7 +90,7 @@ def sample(model_fn: ModelFn, shape, key, schedule: Schedule, cfg: SamplerConfig
   z after step i (at time s_i of time_grid) and the x_hat it was drawn from. sharding (a NamedSharding of the batch axis, under jit) keeps
   z and the noise split over the devices, so each draws its share of the batch; the numbers do
   not depend on it (JAX's partitionable threefry). prediction: what model_fn outputs
-  (model.prediction), turned into x_hat and eps_hat by core.diffusion.PREDICTIONS.
+  (model.prediction), turned into x_hat and eps_hat by core.diffusion.process.PREDICTIONS.
   """
   pred = get_prediction(prediction)
   step_fn = SAMPLERS.get(cfg.name)(cfg)

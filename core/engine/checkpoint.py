@@ -14,9 +14,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from core import phema
+from core.engine import phema
 from core.config import ExperimentConfig
-from core.state import StateSpec, TrainState
+from core.engine.state import StateSpec, TrainState
 
 
 _CPU_HANDLER = []

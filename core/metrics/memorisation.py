@@ -53,11 +53,11 @@ _REAL: dict = {}
 
 
 def real_images(cfg, split: str, num: int, at: int) -> np.ndarray:
-  """num images of a split (core.sources' fixed subset) as a run's samples are read: at the
+  """num images of a split (core.data.sources' fixed subset) as a run's samples are read: at the
   run's resolution, box-downsampled to `at`; uint8, kept for the process."""
-  from core.pipeline import iterate_uint8
-  from core.reference import box_downsample
-  from core.sources import data_fingerprint
+  from core.data.pipeline import iterate_uint8
+  from core.metrics.reference import box_downsample
+  from core.data.sources import data_fingerprint
   key = (data_fingerprint(cfg.data, split, num), cfg.resolution, at)
   if key not in _REAL:
     parts = [box_downsample(b, at) if b.shape[1] != at else b for b in iterate_uint8(
@@ -69,7 +69,7 @@ def real_images(cfg, split: str, num: int, at: int) -> np.ndarray:
 def run_scores(cfg, samples: np.ndarray, at: int) -> dict:
   """scores() of a run's samples (uint8 at `at`) against its training split (all of it, at
   most eval.memorisation_train images; 0: 50,000) and as many held-out eval-split images."""
-  from core.sources import make_source
+  from core.data.sources import make_source
   n_train = min(len(make_source(cfg.data, cfg.resolution, cfg.data.split)),
                 cfg.eval.memorisation_train or 50_000)
   return scores(samples, real_images(cfg, cfg.data.split, n_train, at),

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from core.config import CascadeConfig, CondConfig, ConfigError, ExperimentConfig
-from core.diffusion import _bcast, avg_pool_to, q_sample
+from core.diffusion.process import _bcast, avg_pool_to, q_sample
 from core.registry import Registry
-from core.schedules import Schedule
+from core.diffusion.schedules import Schedule
 
 UPSAMPLE_METHODS = ("nearest", "bilinear", "bicubic", "lanczos3")
 

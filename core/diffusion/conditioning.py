@@ -11,10 +11,10 @@ from typing import Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from core import cdm
+from core.diffusion import cdm
 from core.config import ConfigError, ExperimentConfig
 from core.registry import Registry
-from core.schedules import make_schedule
+from core.diffusion.schedules import make_schedule
 
 
 class Task(NamedTuple):
@@ -54,7 +54,7 @@ def _super_res(cfg: ExperimentConfig) -> Task:
     # Noise only, no blur, at the searched s; truncated: `low` is already the lower stage's z_s.
     if low is None:
       raise ValueError("a super-resolution model samples from a lower stage's output: "
-                       "core.generate.make_cascade_sampler")
+                       "core.engine.generate.make_cascade_sampler")
     if not sp.cond_truncated:
       low = cdm.noise_augment(low, jax.random.normal(key, low.shape), sp.cond_s, aug_schedule)
     return kwargs(low, jnp.float32(sp.cond_s))

@@ -1,0 +1,2 @@
+"""Data: the embedded procedural sets (shapes), sources chosen by name, image files, and the
+grain pipeline of batches."""
