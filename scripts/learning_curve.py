@@ -1,20 +1,23 @@
-"""Learning curve by wall time: train one config, evaluate FID and KID at given minutes.
+"""Learning curve of one config: train it with the engine and evaluate it at given steps.
 
-The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.md): it runs
-the engine's own Trainer, data pipeline, sampler and metrics (core.train, core.data.pipeline,
-core.engine.generate, core.evaluate), pauses the clock while it evaluates, and prints one line per mark:
+The cpu tier's settings were chosen with this (results/reference/cpu_tier_study.md). It trains
+with core.train.train up to each mark in turn (the run resumes from its checkpoint at the mark:
+the learning rate is constant after warm-up and the data and keys resume exactly, so the marks
+do not change the training) and evaluates each mark with core.evaluate.evaluate_dir, the
+sweep's own evaluation: one record per mark in WORKDIR/evals/, and one line printed per mark.
 
-  python -m scripts.learning_curve CONFIG_JSON --minutes 1.5,3 [--raw] [--tag NAME]
-  python -m scripts.learning_curve CONFIG_JSON --steps 1500,3000   # marks in steps instead
+  python -m scripts.learning_curve CONFIG_JSON --steps 1500,3000 [--workdir DIR] [KEY=VALUE ...]
 
 CONFIG_JSON is a nested ExperimentConfig dict, e.g.
   '{"resolution": 16, "model": {"preset": "unet_tiny", "dropout": 0.0},
     "data": {"source": "shapes_simple"}, "optim": {"lr": 2e-3, "ema_decay": 0.999,
     "ema_warmup": true}, "train": {"batch_size": 64}, "sampler": {"steps": 64},
     "eval": {"num_samples": 256, "batch_size": 256, "ref_num": 256}}'
-FID and KID are against the eval split (cfg.data.eval_split); the first line is the data's
-floor at the same n. --raw also scores the raw (non-EMA) parameters. Sample grids go to
---out (default /tmp).
+KEY=VALUE are evaluation overrides (eval.*, sampler.*, ema.*; the bound is off unless
+eval.bound=true). For a run on the procedural data, `python -m core.train ... eval.every=N`
+scores the oracle's figures while it trains, cheaper than this (core.curve). Earlier versions
+of this script marked training minutes (--minutes) and scored the raw parameters (--raw): the
+rows of cpu_tier_study.md that say so were made with them (git history).
 """
 from __future__ import annotations
 
@@ -22,77 +25,46 @@ import argparse
 import json
 import os
 import sys
-import time
+import tempfile
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("config", help="nested ExperimentConfig as JSON")
-  ap.add_argument("--minutes", default="2.5,5", help="training minutes to evaluate at")
-  ap.add_argument("--steps", default="",
-                  help="training steps to evaluate at instead of minutes (fair between runs "
-                       "on a busy machine)")
-  ap.add_argument("--raw", action="store_true", help="also evaluate the raw parameters")
-  ap.add_argument("--tag", default="run")
-  ap.add_argument("--out", default="/tmp")
+  ap.add_argument("--steps", required=True, help="training steps to evaluate at, e.g. 1500,3000")
+  ap.add_argument("--workdir", default="", help="the run's folder (default: a new temporary "
+                  "one); an existing one resumes")
+  ap.add_argument("overrides", nargs="*", help="evaluation overrides, key=value")
   args = ap.parse_args(argv)
 
-  import jax
-  import numpy as np
-  from core.data import pipeline as data_lib
-  from core.evaluate import content_figures, scored_content
-  from core.metrics.features import inception_extractor
-  from core.metrics.fid import floor_metrics, sample_metrics
-  from core.engine.generate import generate
-  from core.data.images import save_grid
-  from core.metrics.reference import box_downsample, reference_figures
+  from core.config import ConfigError, parse_assignments, replace
+  from core.devices import setup
+  from core.evaluate import evaluate_dir
   from core.experiment import resolve
-  from core.train import Trainer
-
-  cfg = resolve(json.loads(args.config))
-  tr = Trainer(cfg)
-  it = iter(data_lib.make_dataset(cfg.data, cfg.resolution, cfg.train.batch_size,
-                                  seed=cfg.train.seed, split=cfg.data.split, train=True))
-  state = tr.init(jax.random.key(cfg.train.seed))
-  key = jax.random.fold_in(jax.random.key(cfg.train.seed), 1)
-  ext = inception_extractor(cfg.eval.inception_weights)
-  refs = {s: reference_figures(cfg, s, ext, False) for s in (cfg.data.split, cfg.data.eval_split)}
-  ref = refs[cfg.data.eval_split]
-  fl, _ = floor_metrics(cfg.eval.num_samples, ref, refs[cfg.data.split])
-  print(f"{args.tag} floor n={cfg.eval.num_samples} {cfg.resolution}px: FID {fl['fid']:.1f} "
-        f"KID x10^3 {fl['kid'] * 1e3:.2f}", flush=True)
-  content = scored_content(cfg)   # data made at a lower resolution: also scored there
-  trained, step = 0.0, 0
-  by_steps = bool(args.steps)
-  for mark in (float(x) for x in (args.steps or args.minutes).split(",")):
-    t0 = time.time()
-    while (step < mark) if by_steps else (trained + (time.time() - t0) < mark * 60):
-      state, m = tr.step(state, tr.global_batch(next(it)), key)
-      step += 1
-      if step % 20 == 0:   # keep the clock honest: at most 20 steps in flight
-        jax.block_until_ready(m)
-    jax.block_until_ready(m)
-    trained += time.time() - t0
-    for which in (("ema", "raw") if args.raw else ("ema",)):
-      te = time.time()
-      params = state.ema_params if which == "ema" else state.params
-      feats, grid, feats_c = [], [], []
-      for imgs, _, _ in generate(tr, params, cfg, cfg.eval.num_samples, progress=False):
-        feats.append(ext(imgs)["pool"])
-        grid.append(imgs)
-        if content:
-          feats_c.append(ext(box_downsample(imgs, content))["pool"])
-      mt = sample_metrics(np.concatenate(feats), ref)
-      at = ""
-      if content:
-        c = content_figures(cfg, np.concatenate(feats_c), ext, content, False)
-        at = (f" | at {content}px: FID {c['fid_eval']:.1f} KID x10^3 {c['kid_eval'] * 1e3:.1f}"
-              f" (floor {c['floor']['fid_eval']:.1f})")
-      path = os.path.join(args.out, f"curve_{args.tag}_{which}_{mark:g}.png")
-      save_grid(np.concatenate(grid)[:64], path)
-      print(f"{args.tag} {which} min {trained / 60:.2f} step {step} images {step * cfg.train.batch_size} "
-            f"loss {float(m['loss']):.4f} FID {mt['fid']:.1f} KID x10^3 {mt['kid'] * 1e3:.1f} "
-            f"eval {time.time() - te:.0f} s{at}  {path}", flush=True)
+  from core.runio import read_json
+  from core.train import train
+  setup()
+  try:
+    cfg = resolve(json.loads(args.config))
+    marks = sorted(int(s) for s in args.steps.split(","))
+    overrides = {"eval.bound": False, **parse_assignments(args.overrides)}
+  except (ConfigError, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  workdir = args.workdir or tempfile.mkdtemp(prefix="learning_curve_")
+  print(f"{workdir}: marks {marks}", flush=True)
+  for mark in marks:
+    done = train(replace(cfg, **{"train.steps": mark}), workdir)
+    rec = read_json(evaluate_dir(workdir, overrides, progress=False))
+    c = rec.get("content") or {}
+    at = (f" | at {c['resolution']}px: FID {c['fid_eval']:.1f} (floor "
+          f"{c['floor']['fid_eval']:.1f})" if c.get("fid_eval") is not None else "")
+    o = rec.get("oracle") or {}
+    if o.get("class_acc") is not None:
+      at += f" | class accuracy {o['class_acc']:.3f}"
+    print(f"step {mark} trained {done.train_time_s / 60:.2f} min: FID eval "
+          f"{rec['fid_eval']:.1f} (floor {rec['floor']['fid_eval']:.1f}) KID x10^3 "
+          f"{rec['kid_eval'] * 1e3:.1f}{at}; eval {rec['eval_time_s']:.0f} s", flush=True)
+  print(f"records and grids: {os.path.join(workdir, 'evals')}", flush=True)
   return 0
 
 
