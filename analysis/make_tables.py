@@ -442,7 +442,7 @@ def to_markdown(t: Table) -> str:
                              for c in cols) + "|"]
     lines += ["| " + " | ".join(_md_cell(r[c]) for c in cols) + " |" for _, r in p.iterrows()]
     lines += ["", "- Paired: the runs of one seed draw from the same noise and labels (common "
-              "random numbers, core.engine.generate.sample_key), so each seed gives one difference; "
+              "random numbers, core.runtime.generate.sample_key), so each seed gives one difference; "
               "± is the 95% t half-width over those differences. An interval that excludes 0 "
               "is a difference the seeds agree on; the unpaired means and their intervals are "
               "in the table above."]

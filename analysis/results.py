@@ -172,7 +172,7 @@ def sampler_text(s) -> Optional[str]:
   if s.get("clip_x") is not None:
     parts.append("x clipped" if s["clip_x"] else "x not clipped")
   sch = s.get("schedule")
-  if isinstance(sch, dict) and sch.get("trained") is False:   # core.engine.generate.sampling_schedule
+  if isinstance(sch, dict) and sch.get("trained") is False:   # core.runtime.generate.sampling_schedule
     parts.append(f"sampled with the {sch.get('name')} schedule"
                  + (f" (noise_d {sch['noise_d']})" if sch.get("noise_d") else ""))
   return ", ".join(parts)
@@ -418,7 +418,7 @@ def reference_arms(sweep: Sweep) -> dict[str, str]:
 
 def paired_summary(sweep: Sweep, metrics=PAIRED) -> pd.DataFrame:
   """Each arm against its group's reference arm (reference_arms), paired by seed: the runs of
-  one seed draw their samples from the same noise and labels (core.engine.generate.sample_key), so
+  one seed draw their samples from the same noise and labels (core.runtime.generate.sample_key), so
   their difference carries less of the sampling noise than two independent means. One row
   per (group, arm) other than the reference, with, per metric m, d_<m> the mean over seeds of
   (arm - reference), d_<m>_ci95 its 95% t half-width, d_<m>_n the pairs."""

@@ -150,7 +150,7 @@ class OptimConfig:
   # steps. The paper's 0.9999 over millions of steps needs none (default off); the cpu tier's
   # runs do.
   ema_warmup: bool = False
-  # Post-hoc EMA (EDM2, Karras et al. 2024; core.engine.phema): power-function EMA profiles of these
+  # Post-hoc EMA (EDM2, Karras et al. 2024; core.runtime.phema): power-function EMA profiles of these
   # sigma_rel are tracked beside ema_params (which stays as it is) and snapshotted every
   # phema_every steps and at the last into <model dir>/phema/, so that evaluation can
   # reconstruct any EMA length (ema.sigma_rel). Off at every tier: optim.phema=true turns it
@@ -183,7 +183,7 @@ class TrainConfig:
   num_processes: int = 0
   process_id: int = -1
   progress: bool = True
-  log_to: tuple[str, ...] = ()    # metrics also to tensorboard | wandb (core.engine.log)
+  log_to: tuple[str, ...] = ()    # metrics also to tensorboard | wandb (core.runtime.log)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,7 +414,7 @@ def check_values(cfg: ExperimentConfig) -> None:
     raise ConfigError(f"eval.bound_logsnr_min={e.bound_logsnr_min:g} must be below "
                       f"eval.bound_logsnr_max={e.bound_logsnr_max:g}")
   # a power-function profile is t^gamma, gamma >= 0: sigma_rel below 1/sqrt(12) = 0.2887
-  # (core.engine.phema.exp_to_std(0))
+  # (core.runtime.phema.exp_to_std(0))
   for key, values in (("ema.sigma_rel", [cfg.ema.sigma_rel] if cfg.ema.sigma_rel else []),
                       ("optim.phema_sigma_rels", list(cfg.optim.phema_sigma_rels))):
     for v in values:

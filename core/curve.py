@@ -2,7 +2,7 @@
 another rather than only where each stopped.
 
 With eval.every = N, every N training steps (and at the last) eval.curve_num samples of the
-EMA parameters are drawn with the evaluation's own keys (core.engine.generate.sample_key, stream 0:
+EMA parameters are drawn with the evaluation's own keys (core.runtime.generate.sample_key, stream 0:
 every point and every arm of a seed read the same noise and labels) and read by the oracle
 (core.metrics.oracle: class accuracy, the oracle's Fréchet distance and their real-data floor; with
 eval.memorisation, core.metrics.memorisation's copy fraction and nearest-neighbour ratio), with
@@ -22,7 +22,7 @@ import numpy as np
 
 from core.metrics import memorisation, oracle as oracle_lib
 from core.config import ExperimentConfig
-from core.engine.generate import gather_rows, generate, make_sampler
+from core.runtime.generate import gather_rows, generate, make_sampler
 from core.runio import append_jsonl, read_jsonl, write_text_atomic
 
 CURVE_FILE = "curve.jsonl"

@@ -5,8 +5,8 @@
 
 `evaluate_dir` is the one path from a run directory to its figures: it reads the run's
 config.yaml, restores each stage's EMA parameters from its model directory
-(core.engine.checkpoint.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
-of that length from the snapshots, core.engine.phema), samples, scores, computes the variational
+(core.runtime.checkpoint.restore_ema; no data pipeline, no optimiser; with ema.sigma_rel, the post-hoc EMA
+of that length from the snapshots, core.runtime.phema), samples, scores, computes the variational
 bound in bits/dim on held-out images (core.diffusion.bound) and writes the record. The sweep
 (sweeps.execute) calls it for eval.json after training; the command calls it for a new record
 in evals/. FID "train" compares the samples with the training split's statistics, FID "eval"
@@ -36,15 +36,15 @@ from core.diffusion.cdm import stage_configs
 from core.config import ConfigError, ExperimentConfig, parse_assignments, set_dotted, to_dict
 from core.metrics.features import inception_extractor
 from core.metrics.fid import floor_metrics, inception_score, sample_metrics
-from core.engine.generate import (gather_rows, generate, local_rows, sampling_schedule_config,
-                                  to_global)
+from core.runtime.generate import (gather_rows, generate, local_rows, sampling_schedule_config,
+                                   to_global)
 from core.data.images import save_grid
-from core.engine.log import METRICS_FILE, combined_speed, run_speed
+from core.runtime.log import METRICS_FILE, combined_speed, run_speed
 from core.metrics.reference import box_downsample, reference_figures
 from core.runio import read_json, read_jsonl, write_json_atomic
 from core.data.sources import content_resolution
-from core.engine.checkpoint import TrainedModel, restore_ema
-from core.engine.state import ema_sigma_rel
+from core.runtime.checkpoint import TrainedModel, restore_ema
+from core.runtime.state import ema_sigma_rel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +84,7 @@ def schedule_record(cfg: ExperimentConfig) -> dict:
 
 
 def training_speed(stages) -> Optional[float]:
-  """Training images per second of a run's stages (core.engine.log: the median logged interval;
+  """Training images per second of a run's stages (core.runtime.log: the median logged interval;
   a stage without logged speeds: its images over its training seconds; a cascade's stages
   combined as images per second of all their training)."""
   imgs = [s.model.cfg.train.steps * s.model.cfg.train.batch_size for s in stages]
@@ -119,7 +119,7 @@ def model_figures(ev: Evaluation) -> dict:
 
 
 def sampler_schedule_record(cfg: ExperimentConfig) -> dict:
-  """The schedule the sampler walked (core.engine.generate.sampling_schedule), as schedule_record
+  """The schedule the sampler walked (core.runtime.generate.sampling_schedule), as schedule_record
   gives the training one, with "trained": whether it is the training schedule."""
   sc = sampling_schedule_config(cfg)
   return {**schedule_record(dataclasses.replace(cfg, schedule=sc)),
@@ -480,7 +480,7 @@ def evaluate_dir(run_dir: str, overrides: Optional[dict] = None, progress: bool 
   record=None: a new record run_dir/evals/<name>.json with its grid <name>.png, nothing else
   in run_dir touched (what the command writes). record="eval.json": the run's own record,
   with its grid samples.png (what the sweep writes, which the tables read). overrides:
-  eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.engine.phema).
+  eval.*, sampler.* and ema.* keys only (ema.sigma_rel: a post-hoc EMA, core.runtime.phema).
   """
   overrides = dict(overrides or {})
   cfg = eval_config(run_dir, overrides)

@@ -43,7 +43,7 @@ def check_config(cfg: ExperimentConfig) -> None:
   """What the config alone decides: impossible values, unknown component names, cond and
   cascade against the model, metrics backends by name (each a ConfigError naming the key)."""
   from core.diffusion.conditioning import validate
-  from core.engine.log import check_backends
+  from core.runtime.log import check_backends
   check_values(cfg)
   check_names(cfg)
   validate(cfg)   # cond / cascade against the model: fails at expansion, before any training
@@ -56,7 +56,7 @@ def check_runnable(cfg: ExperimentConfig, data: bool = True) -> None:
   the data can be had. ConfigError names the key and the fix."""
   import importlib.util
   import os
-  from core.engine.log import check_backends
+  from core.runtime.log import check_backends
   from core.models import build_model
   build_model(cfg.model, cfg.resolution)
   check_backends(cfg.train.log_to)

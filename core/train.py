@@ -1,7 +1,7 @@
 """The training engine: one jitted step over a device Mesh, orbax checkpoints, JSONL metrics.
 
 `train(cfg, model_dir)` writes a model directory (config.yaml, ckpt/, metrics.jsonl) and
-nothing else; `core.engine.checkpoint.restore_ema(cfg, model_dir)` is what evaluation reads back from
+nothing else; `core.runtime.checkpoint.restore_ema(cfg, model_dir)` is what evaluation reads back from
 it (the EMA parameters of the newest checkpoint, without the data pipeline or this module). `python -m core.train
 key=value ...` is train() through Hydra. Data parallel over the mesh axis 'data'; with train.fsdp the
 parameters, EMA and optimiser state are sharded over that axis too. Randomness of step k is
@@ -21,16 +21,16 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from core.engine import phema
+from core.runtime import phema
 
 from core.data import pipeline
-from core.engine.checkpoint import (checkpoint_manager, restore_latest, save_checkpoint,
-                                    save_phema_snapshot)
+from core.runtime.checkpoint import (checkpoint_manager, restore_latest, save_checkpoint,
+                                     save_phema_snapshot)
 from core.config import ExperimentConfig, to_dict
 from core.diffusion.process import diffusion_loss
-from core.engine.log import MetricsWriter, check_backends, images_per_s
+from core.runtime.log import MetricsWriter, check_backends, images_per_s
 from core.runio import STOP, DirLock, write_yaml_atomic
-from core.engine.state import StateSpec, TrainState, ema_decay, learning_rate
+from core.runtime.state import StateSpec, TrainState, ema_decay, learning_rate
 
 
 class NonFiniteLossError(FloatingPointError):

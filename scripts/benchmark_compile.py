@@ -26,7 +26,7 @@ def main() -> None:
   import jax
   import numpy as np
   from analysis.cost import abstract_step_args
-  from core.engine.generate import make_sampler
+  from core.runtime.generate import make_sampler
   from core.train import Trainer
   from sweeps.spec import expand
   _, runs = expand(a.file, a.tier.split("=", 1)[1])

@@ -45,7 +45,7 @@ def sampling_row(cfg, steps: int, batch: int, reps: int, peak: float) -> dict:
   import numpy as np
   from analysis.cost import forward_flops
   from core.config import replace
-  from core.engine.generate import make_sampler
+  from core.runtime.generate import make_sampler
   from core.train import Trainer
   cfg = replace(cfg, **{"sampler.steps": steps})
   tr = Trainer(cfg)

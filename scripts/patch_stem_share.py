@@ -35,7 +35,7 @@ def main(argv=None) -> int:
   from core import devices
   from core.evaluate import eval_config, model_dirs
   from core.models.frontends import parse_frontend
-  from core.engine.checkpoint import restore_ema
+  from core.runtime.checkpoint import restore_ema
   devices.setup()
   for run in args.run_dirs:
     name = os.path.basename(os.path.normpath(run))

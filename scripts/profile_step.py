@@ -5,7 +5,7 @@
         [--calls 10] [--skip-sample]
 
 Profiles (jax.profiler) the full training step of core.train and one call of the sampler
-(core.engine.generate.make_sampler, DDPM at the given steps), and sums each XLA op's time, over all
+(core.runtime.generate.make_sampler, DDPM at the given steps), and sums each XLA op's time, over all
 devices, into kinds read from the op's HLO name and op_name: convolutions (forward, and their
 gradients), GroupNorm, swish, attention, dense layers, random numbers, the cross-device
 all-reduce with its waits, copies, and the rest (Adam, EMA, loss, schedules). Defaults are the
@@ -179,7 +179,7 @@ def main() -> None:
           f"{alone * 1e3:.1f} ms with each device running its {a.batch // n_dev} images alone "
           f"(no all-reduce): the collective and its waits cost {1 - alone / spmd:.1%} of the step")
   if not a.skip_sample:
-    from core.engine.generate import make_sampler
+    from core.runtime.generate import make_sampler
     params = trainer.init(jax.random.key(0)).params
     draw = make_sampler(trainer, params, cfg, a.sample_batch)
     labels = np.arange(a.sample_batch) % 10

@@ -35,10 +35,10 @@ def set_status(run_dir: str, state: str, **extra) -> None:
 
 def train_stages(r: RunSpec, sdir: str, on_step=None, progress: bool = True) -> None:
   """Trains each stage of a run that its model directory does not hold finished (a cascade's
-  stages, base first); a finished model is not rebuilt (core.engine.checkpoint.trained_step), so no data
+  stages, base first); a finished model is not rebuilt (core.runtime.checkpoint.trained_step), so no data
   pipeline is made for it. on_step(step) follows training, counted over all stages."""
   from core.curve import curve_hook
-  from core.engine.checkpoint import trained_step
+  from core.runtime.checkpoint import trained_step
   from core.train import train
   done_before = 0
   configs = stage_configs(r.config)

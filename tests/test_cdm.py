@@ -14,7 +14,7 @@ from core.diffusion import cdm
 from core.diffusion.conditioning import make_task
 from core.config import ConfigError, LossConfig, to_dict
 from core.diffusion.process import loss_at
-from core.engine.generate import make_cascade_sampler
+from core.runtime.generate import make_cascade_sampler
 from core.experiment import resolve
 from core.models import build_model, init_params
 from core.diffusion.samplers import sample

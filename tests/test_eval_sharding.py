@@ -14,8 +14,8 @@ from jax.sharding import PartitionSpec as P
 from core import evaluate as ev_lib
 from core.metrics import features
 from core.experiment import resolve
-from core.engine.generate import make_sampler
-from core.engine.checkpoint import trained_model
+from core.runtime.generate import make_sampler
+from core.runtime.checkpoint import trained_model
 from core.devices import make_mesh
 from core.train import Trainer
 

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from core.devices import make_mesh
-from core.engine.generate import make_sampler
+from core.runtime.generate import make_sampler
 from core.experiment import resolve
 from core.diffusion.schedules import alpha_sigma, make_schedule
 from core.data.shapes import ShapesSource

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 
-from core.engine import log as M
+from core.runtime import log as M
 from core.config import ConfigError
 from core.experiment import resolve
 
@@ -188,7 +188,7 @@ def test_logged_lr_is_the_lr_the_optimiser_applies():
   """Adam's first update of a constant gradient is -lr (m_hat / sqrt(v_hat) = 1): the update
   at count k shows the schedule's lr, which the metrics rows' "lr" must equal."""
   import jax.numpy as jnp
-  from core.engine.state import learning_rate, make_optimizer
+  from core.runtime.state import learning_rate, make_optimizer
   from core.config import OptimConfig
   cfg = OptimConfig(lr=1e-3, warmup_steps=3, grad_clip=0.0)
   opt = make_optimizer(cfg)
@@ -309,12 +309,12 @@ def test_reading_results_does_not_import_jax():
 
 
 def test_evaluation_stands_on_checkpoints_not_on_the_training_engine():
-  # Evaluating a checkpoint (core.evaluate, core.engine.checkpoint.restore_ema) loads no training step
+  # Evaluating a checkpoint (core.evaluate, core.runtime.checkpoint.restore_ema) loads no training step
   # or training loop: core.train is not imported (the data pipeline is: the reference
   # statistics read real images through it).
   import subprocess
   import sys
-  code = ("import sys, core.evaluate, core.engine.checkpoint, core.curve; "
+  code = ("import sys, core.evaluate, core.runtime.checkpoint, core.curve; "
           "assert 'core.train' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=os.path.dirname(
       os.path.dirname(os.path.abspath(__file__))))

@@ -1,4 +1,4 @@
-"""Post-hoc EMA (core.engine.phema, EDM2): the tracked profiles' per-step decays give power-function
+"""Post-hoc EMA (core.runtime.phema, EDM2): the tracked profiles' per-step decays give power-function
 weights that sum to one; a reconstruction from snapshots reproduces a constant trajectory
 exactly, returns a tracked profile itself, and approximates an untracked length; training
 tracks the profiles, keeps the snapshots and evaluation reconstructs from them."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.engine import phema
+from core.runtime import phema
 from core.config import ConfigError, OptimConfig, replace
 
 SIGMAS = (0.05, 0.10)
@@ -42,7 +42,7 @@ def test_a_tracked_profile_weights_steps_as_its_power_function_and_sums_to_one(s
 def test_a_constant_decay_ema_has_the_length_edm2_gives_it():
   """A plain EMA of decay beta, long after its start: its weights are geometric, of std
   sqrt(beta) / (1 - beta) steps (EDM2's 1 / ((1 - beta) T) to first order)."""
-  from core.engine.state import ema_sigma_rel
+  from core.runtime.state import ema_sigma_rel
   np.testing.assert_allclose(ema_sigma_rel(OptimConfig(ema_decay=0.99), 10_000),
                              np.sqrt(0.99) / 0.01 / 10_000, rtol=1e-3)
   np.testing.assert_allclose(phema.ema_weights([0.5, 0.9, 0.0]), [0, 0, 0, 1.0])
@@ -124,7 +124,7 @@ def test_training_tracks_the_profiles_and_evaluation_reconstructs_from_them(tmp_
   a tracked ema.sigma_rel gives that profile, and with 0 the run's own EMA, unchanged."""
   import jax
   from core.experiment import resolve
-  from core.engine.checkpoint import restore_ema
+  from core.runtime.checkpoint import restore_ema
   from core.train import train
   cfg = resolve(MINI)
   res = train(cfg, str(tmp_path))

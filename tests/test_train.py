@@ -8,9 +8,9 @@ import pytest
 
 from core import train as train_lib
 from core.experiment import resolve
-from core.engine import checkpoint as ckpt_lib, state as state_lib
+from core.runtime import checkpoint as ckpt_lib, state as state_lib
 from core.devices import make_mesh
-from core.engine.state import make_optimizer
+from core.runtime.state import make_optimizer
 from core.train import NonFiniteLossError, Trainer, train
 
 BASE = {"resolution": 16, "model": {"preset": "unet_tiny"},
@@ -230,7 +230,7 @@ def test_arms_that_differ_only_in_the_schedule_are_one_program():
   # at one resolution lower to one program (the compilation cache then serves every arm after
   # the first); another model is another program.
   from analysis.cost import abstract_step_args
-  from core.engine.generate import make_sampler
+  from core.runtime.generate import make_sampler
   mesh = make_mesh(jax.devices()[:1])
   cfgs = [_cfg(sampler__steps=2, schedule__name="cosine"),
           _cfg(sampler__steps=2, schedule__name="interpolated", schedule__noise_d_low=4,

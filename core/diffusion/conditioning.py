@@ -54,7 +54,7 @@ def _super_res(cfg: ExperimentConfig) -> Task:
     # Noise only, no blur, at the searched s; truncated: `low` is already the lower stage's z_s.
     if low is None:
       raise ValueError("a super-resolution model samples from a lower stage's output: "
-                       "core.engine.generate.make_cascade_sampler")
+                       "core.runtime.generate.make_cascade_sampler")
     if not sp.cond_truncated:
       low = cdm.noise_augment(low, jax.random.normal(key, low.shape), sp.cond_s, aug_schedule)
     return kwargs(low, jnp.float32(sp.cond_s))

@@ -4,7 +4,7 @@ Each is a pure jnp function; `make_schedule(cfg, image_d)` returns a Schedule, c
 from SCHEDULES: a function of t alone (call it) that is also a program and its numbers
 (`fn(t, params)`, `params`). The clipped cosine, the shifted (eq. 5) and the interpolated (eq. 6)
 schedules are one program, `logsnr_family`, with four numbers, so that jitted code given the
-numbers as an input (core.train's step, core.engine.generate's sampler) compiles once for every
+numbers as an input (core.train's step, core.runtime.generate's sampler) compiles once for every
 schedule arm at a resolution, and the persistent compilation cache serves the rest.
 """
 from __future__ import annotations

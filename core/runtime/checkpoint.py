@@ -14,9 +14,9 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from core.engine import phema
+from core.runtime import phema
 from core.config import ExperimentConfig
-from core.engine.state import StateSpec, TrainState
+from core.runtime.state import StateSpec, TrainState
 
 
 _CPU_HANDLER = []

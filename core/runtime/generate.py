@@ -3,7 +3,7 @@ draws its share), a cascade's stages one after the other, and a stream of uint8 
 their global row indices, gathered across processes where there are several.
 
 The model is a model function (ModelFn: apply, schedule, task), not a Trainer: evaluation
-restores one from a checkpoint (core.engine.checkpoint.restore_ema).
+restores one from a checkpoint (core.runtime.checkpoint.restore_ema).
 """
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def class_labels(n: int, num_classes: int, seed) -> Optional[np.ndarray]:
 
 class ModelFn(Protocol):
   """What sampling needs of a trained model: the network's apply, its noise schedule and its
-  conditioning task (core.engine.checkpoint.TrainedModel; a Trainer has them too)."""
+  conditioning task (core.runtime.checkpoint.TrainedModel; a Trainer has them too)."""
   schedule: Schedule
   task: Any
 

@@ -1,7 +1,7 @@
 """The training state and what builds it: TrainState, the optimiser (docs/paper.md §2.4), the EMA,
 the shardings (data parallel or FSDP over the mesh axis 'data') and StateSpec, one config's
 model with its state's shapes and shardings. Shared by the training engine (core.train) and by
-checkpoint reading for evaluation (core.engine.checkpoint), which needs no training step.
+checkpoint reading for evaluation (core.runtime.checkpoint), which needs no training step.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from core import models
 
-from core.engine import phema
+from core.runtime import phema
 from core.diffusion.conditioning import make_task
 from core.config import ExperimentConfig, OptimConfig
 from core.devices import make_mesh
@@ -103,7 +103,7 @@ def map_null_labels(labels, num_classes: int):
 class StateSpec:
   """One experiment config's model, conditioning task, schedule and optimiser, and its
   TrainState's shapes and shardings over a mesh: what training (core.train.Trainer adds the
-  step) and restoring a checkpoint for evaluation (core.engine.checkpoint) share."""
+  step) and restoring a checkpoint for evaluation (core.runtime.checkpoint) share."""
 
   def __init__(self, cfg: ExperimentConfig, mesh: Optional[Mesh] = None):
     self.cfg = cfg
