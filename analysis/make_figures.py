@@ -81,6 +81,16 @@ def _log_if_wide(ax, ratio: float = 3.0) -> None:
     _plain_log(ax)
 
 
+def suptitle(fig: Figure, text: str, fontsize: float = 12.0) -> None:
+  """fig's title, each line wrapped to the figure's width (a one-column figure would cut a
+  sweep's long title at both edges)."""
+  import textwrap
+  width = max(30, int(fig.get_figwidth() * 120 / fontsize))   # characters at that size
+  fig.suptitle("\n".join(textwrap.fill(line, width, break_on_hyphens=False)
+                         for line in text.split("\n")),
+               fontsize=fontsize)
+
+
 def save(fig: Figure, out_dir: str, name: str) -> list[str]:
   """name.png (150 dpi) and name.pdf."""
   os.makedirs(out_dir, exist_ok=True)
@@ -132,7 +142,7 @@ def schedule_figure(resolution: int = 512, noise_ds: Sequence[int] = (256, 128, 
       ax.set_xlim(0, 1)
       ax.legend(loc="upper right", fontsize=8.5, frameon=True)
     ax1.set_ylabel("logSNR(t)")
-    fig.suptitle("Noise schedules as logSNR against diffusion time")
+    suptitle(fig, "Noise schedules as logSNR against diffusion time")
   return fig
 
 
@@ -209,7 +219,7 @@ def noise_figure(resolution: int = 512, ts: Sequence[float] = NOISE_TS, noise_d:
     for ax in axes.ravel():
       ax.set_xticks([])
       ax.set_yticks([])
-    fig.suptitle(f"The same {resolution}×{resolution} image noised at equal t: the shifted "
+    suptitle(fig, f"The same {resolution}×{resolution} image noised at equal t: the shifted "
                  f"schedule destroys more signal\n(ρ: correlation of noised and clean image "
                  f"average-pooled to {pool_to}×{pool_to})", fontsize=11)
   return fig, sig
@@ -296,7 +306,7 @@ def guidance_figure(sweep: Sweep, with_paper: Optional[bool] = None) -> Optional
     by_res = all(ln["group"].isdigit() and ln["label"] == ln["group"] for ln in lines)
     axes[0].legend([h[i] for i in order], [l[i] for i in order], fontsize=8.5,
                    title="resolution" if by_res else None)
-    fig.suptitle(f"{sweep.title} — {sweep.name}: FID and IS against guidance scale"
+    suptitle(fig, f"{sweep.title} — {sweep.name}: FID and IS against guidance scale"
                  + (f" (dashed: the paper's table {sweep.table})" if paper else ""))
   return fig
 
@@ -362,7 +372,7 @@ def shift_figure(sweep: Sweep) -> Optional[Figure]:
       _log_if_wide(ax)
       ax.legend(fontsize=9, title="resolution")
     c = sorted({f"{l['content']:.0f}" for l in lines if finite(l["content"])})
-    fig.suptitle(f"{sweep.title} — {sweep.name}: FID against the noise shift"
+    suptitle(fig, f"{sweep.title} — {sweep.name}: FID against the noise shift"
                  + (f" (dotted: the optimum predicted from {', '.join(c)}-px content; "
                     "bars: 95% intervals over seeds)" if c else ""), fontsize=10)
   return fig
@@ -400,7 +410,7 @@ def ema_length_figure(run_dir: str, title: str = "") -> Optional[Figure]:
       ax.set_ylabel(label + ", lower is better")
       ax.legend(fontsize=8)
     n = df["num_samples"].iloc[0]
-    fig.suptitle((title or os.path.basename(os.path.normpath(run_dir)))
+    suptitle(fig, (title or os.path.basename(os.path.normpath(run_dir)))
                  + f": metrics against the EMA length\n{n:.0f} samples a point, the same noise "
                  "and images at every point; bars: the bound's standard error over images",
                  fontsize=10)
@@ -540,7 +550,7 @@ def training_figure(sweep: Sweep) -> Optional[Figure]:
     steps = {float(x) for c in curves for _, f in c["fids"] for x in f["step"]}
     if len(steps) == 1:   # every FID at one step: one tick there, not a fractional axis
       ax2.set_xticks(sorted(steps))
-    fig.suptitle(f"{sweep.title} — {sweep.name}: training")
+    suptitle(fig, f"{sweep.title} — {sweep.name}: training")
   return fig
 
 
@@ -611,7 +621,7 @@ def weighting_figure(sweep: Sweep) -> Optional[Figure]:
       ax.set_ylabel("weighting density w(λ) p(λ)")
       ax.set_title(f"group {group_label(sweep, g)}")
       ax.legend(fontsize=7)
-    fig.suptitle(f"{sweep.name}: where each objective puts its weight\n(Kingma and Gao "
+    suptitle(fig, f"{sweep.name}: where each objective puts its weight\n(Kingma and Gao "
                  "2023: eps-space weight x the schedule's density of logSNR)")
   return fig
 
@@ -676,7 +686,7 @@ def curve_figure(sweep: Sweep) -> Optional[Figure]:
         if i == 0:
           ax.set_title(f"group {group_label(sweep, g)}")
         ax.legend(fontsize=7.5)
-    fig.suptitle(f"{sweep.title} — {sweep.name}: learning curves (mean over seeds, band: "
+    suptitle(fig, f"{sweep.title} — {sweep.name}: learning curves (mean over seeds, band: "
                  "95% t-interval)")
   return fig
 
@@ -738,7 +748,7 @@ def scene_figure(sweep: Sweep) -> Optional[Figure]:
           ax.set_ylabel(f"group {group_label(sweep, g)}")
         if j == len(SCENE_PANELS) - 1:   # each row its own arms
           ax.legend(fontsize=7.5)
-    fig.suptitle(f"{sweep.title} — {sweep.name}: scene parameters the oracle reads "
+    suptitle(fig, f"{sweep.title} — {sweep.name}: scene parameters the oracle reads "
                  "(samples of every seed; grey: real images)")
   return fig
 
@@ -800,7 +810,7 @@ def samples_figure(sweep: Sweep, max_cols: int = 8) -> Optional[Figure]:
         if j == 0 and g:
           ax.set_ylabel(group_label(sweep, g), fontsize=11)
     ngroups = len({c[0] for r in rows for c in r})
-    fig.suptitle(f"{sweep.title}\n{sweep.name}: samples (EMA parameters)"
+    suptitle(fig, f"{sweep.title}\n{sweep.name}: samples (EMA parameters)"
                  + ("; rows: group" if ngroups > 1 else ""))
   return fig
 
